@@ -1,0 +1,52 @@
+"""DAPO: Decoupled Clip and Dynamic sAmpling Policy Optimization (Yu et al., arXiv 2503.14476).
+
+Differs from GRPO in the loss: clip-higher (asymmetric clip, 1 - 0.2 .. 1 + 0.28, leaving room for
+low-probability tokens to grow) and token-mean aggregation over the whole batch, so long responses
+weigh by their token count; no KL. The advantage is GRPO's. DAPO's other two pieces are not loss
+functions and live elsewhere: dynamic sampling (drop groups whose rewards are all equal and sample
+more; see ``base.group_stats(...).identical``) belongs to the trainer, and overlong reward shaping
+to the reward function.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from agentic_gcpo.algorithms.base import (
+    Algorithm,
+    AlgorithmConfig,
+    check_group_inputs,
+    group_baseline_advantages,
+    reject_golden,
+    reject_sequence_switches,
+    resolve_clip,
+)
+from agentic_gcpo.algorithms.grpo import token_clip_loss
+
+
+def dapo_advantages(rewards: Tensor, group_ids: Tensor, is_golden: Tensor, cfg: AlgorithmConfig) -> Tensor:
+    check_group_inputs(rewards, group_ids, is_golden)
+    reject_golden(is_golden, "dapo")
+    return group_baseline_advantages(rewards, group_ids, scale_by_std=True, eps=cfg.adv_eps)
+
+
+def dapo_policy_loss(
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, loss_mask: Tensor, cfg: AlgorithmConfig
+) -> tuple[Tensor, dict[str, Tensor]]:
+    reject_sequence_switches(cfg, "dapo")
+    low, high = resolve_clip(cfg, 0.2, 0.28)
+    return token_clip_loss(logp, old_logp, advantages, loss_mask, low, high)
+
+
+ALGORITHM = Algorithm(
+    name="dapo",
+    paper="arXiv 2503.14476",
+    summary=(
+        "GRPO advantage and per-token ratio, but clip-higher (0.2 low / 0.28 high) and token-mean "
+        "aggregation over the batch; dynamic sampling and overlong shaping are done by the trainer/reward."
+    ),
+    advantages=dapo_advantages,
+    policy_loss=dapo_policy_loss,
+    aggregation="token-mean",
+    injects_golden=False,
+)
