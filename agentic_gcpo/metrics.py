@@ -1,0 +1,110 @@
+"""Metrics: what a step did, computed from trajectories, written as JSONL (+ optional sinks).
+
+Names are stable and documented in the README. Training accuracy is always reported *without*
+golden members (`reward/mean`), so injected answers cannot inflate it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from agentic_gcpo.ledger import Trajectory
+
+FINISH_REASONS = ("stop", "length", "max_turns", "budget")
+
+
+def rollout_metrics(trajs: list[Trajectory]) -> dict[str, float]:
+    """Metrics over the policy's own rollouts (golden members excluded)."""
+    rs = [t for t in trajs if not t.is_golden]
+    if not rs:
+        return {}
+    n = len(rs)
+    calls = [len(t.tool_calls) for t in rs]
+    all_calls = [c for t in rs for c in t.tool_calls]
+    m: dict[str, float] = {
+        "reward/mean": sum(t.reward for t in rs) / n,
+        "reward/accuracy": sum(t.correct for t in rs) / n,
+        "tools/calls_per_traj": sum(calls) / n,
+        "tools/traj_with_call_frac": sum(c > 0 for c in calls) / n,
+        "tools/error_rate": (sum(c.status != "ok" for c in all_calls) / len(all_calls)) if all_calls else 0.0,
+        "response/policy_tokens_mean": sum(t.num_policy_tokens for t in rs) / n,
+        "response/total_tokens_mean": sum(len(t.token_ids) - t.prompt_len for t in rs) / n,
+        "response/turns_mean": sum(t.num_turns for t in rs) / n,
+    }
+    statuses = Counter(c.status for c in all_calls)
+    for s in ("malformed", "unknown_tool", "invalid_args", "tool_error"):
+        m[f"tools/{s}"] = float(statuses.get(s, 0))
+    m["tools/no_call_traj"] = float(sum(c == 0 for c in calls))
+    reasons = Counter(t.finish_reason for t in rs)
+    for r in FINISH_REASONS:
+        m[f"finish/{r}"] = reasons.get(r, 0) / n
+    groups: dict[int, list[Trajectory]] = {}
+    for t in rs:
+        groups.setdefault(t.group_id, []).append(t)
+    m["groups/all_correct_frac"] = sum(all(t.correct for t in g) for g in groups.values()) / len(groups)
+    m["groups/all_fail_frac"] = sum(not any(t.correct for t in g) for g in groups.values()) / len(groups)
+    return m
+
+
+class Timer:
+    """Accumulates wall time per phase: `with timer("rollout"): ...` -> time/rollout_s."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[f"time/{name}_s"] = self.times.get(f"time/{name}_s", 0.0) + time.perf_counter() - t0
+
+
+class MetricsLogger:
+    """metrics.jsonl always; TensorBoard and W&B when asked for (and installed)."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False, wandb: bool = False, project: str = "", config: Any = None) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.samples_path = run_dir / "samples.jsonl"
+        self._tb = self._wandb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise RuntimeError("log.tensorboard=true needs `pip install tensorboard`") from e
+            self._tb = SummaryWriter(str(run_dir / "tb"))
+        if wandb:
+            try:
+                import wandb as wb
+            except ImportError as e:
+                raise RuntimeError("log.wandb=true needs `pip install wandb`") from e
+            self._wandb = wb.init(project=project, dir=str(run_dir), config=config, name=run_dir.name)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **clean}) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+
+    def samples(self, step: int, trajs: list[Trajectory], tokenizer: Any) -> None:
+        with self.samples_path.open("a") as f:
+            for t in trajs:
+                f.write(json.dumps({"step": step, **t.to_json(tokenizer)}) + "\n")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

@@ -1,0 +1,258 @@
+"""The training loop: sample -> rollout -> verify -> inject -> advantages -> loss -> step -> sync -> log.
+
+One optimizer step per rollout batch. Old log-probs are the pre-update policy's: with a single
+update per batch they equal the current log-probs detached (verl does the same), so the ratio
+is exactly 1 at the step and the clip only matters once several updates reuse one batch. Golden
+trajectories get theirs from the same teacher-forced forward pass, as DESIGN §4 asks.
+
+Sequences whose advantage is exactly 0 contribute neither loss nor gradient under every registered
+algorithm, so they are not forwarded at all; the loss denominators still count them, which keeps
+the aggregation identical to a full-batch pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentic_gcpo.agent_loop import AgentLoop, LoopLimits
+from agentic_gcpo.algorithms import aggregate, get_algorithm
+from agentic_gcpo.chat import ChatFormat
+from agentic_gcpo.config import Config, save_config
+from agentic_gcpo.data import Problem, batches, load_problems
+from agentic_gcpo.engines import make_engine
+from agentic_gcpo.golden import GoldenSource
+from agentic_gcpo.ledger import Trajectory
+from agentic_gcpo.metrics import MetricsLogger, Timer, rollout_metrics
+from agentic_gcpo.models import load_model, tiny_model
+from agentic_gcpo.policy import pack, token_logprobs
+from agentic_gcpo.sandbox import make_sandbox
+from agentic_gcpo.tool_registry import get_tools
+from agentic_gcpo.verify import verify
+
+
+def build_model(path: str) -> tuple[Any, Any]:
+    if path == "tiny":
+        return tiny_model()
+    return load_model(path)
+
+
+def make_run_dir(cfg: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.run.output_dir) / f"{cfg.run.name}-{stamp}"
+    d, k = base, 1
+    while d.exists():
+        d, k = Path(f"{base}-{k}"), k + 1
+    (d / "checkpoints").mkdir(parents=True)
+    return d
+
+
+def resolve_data_path(path: str) -> Path:
+    """'builtin:NAME' -> the shipped asset; relative paths resolve against the CWD, then the repo root."""
+    if path.startswith("builtin:"):
+        return Path(__file__).resolve().parent / "assets" / f"{path.split(':', 1)[1]}.jsonl"
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    repo = Path(__file__).resolve().parent.parent
+    return repo / p if (repo / p).exists() else p
+
+
+def score(trajs: list[Trajectory]) -> None:
+    for t in trajs:
+        r = verify(t.final_text, t.reference)
+        t.extracted_answer, t.correct = r.extracted, r.correct
+        t.reward = 1.0 if r.correct else 0.0
+
+
+def pick_member(group: list[Trajectory], rule: str) -> int:
+    if rule == "first":
+        return 0
+    if rule == "longest":
+        return max(range(len(group)), key=lambda i: len(group[i].token_ids))
+    return len(group) - 1
+
+
+@dataclass
+class StepResult:
+    metrics: dict[str, float]
+    trajectories: list[Trajectory] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path | None = None, model: Any = None, tokenizer: Any = None) -> None:
+        self.cfg = cfg
+        torch.manual_seed(cfg.run.seed)
+        random.seed(cfg.run.seed)
+        self.run_dir = run_dir or make_run_dir(cfg)
+        save_config(cfg, self.run_dir / "config.yaml")
+        self.algo = get_algorithm(cfg.algorithm.name)
+        self.problems = load_problems(resolve_data_path(cfg.data.path), cfg.data.limit, cfg.data.format)
+        if model is None:
+            model, tokenizer = build_model(cfg.model.path)
+        self.model, self.tok = model, tokenizer
+        if cfg.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.tools = get_tools(cfg.tools.names, cfg.tools.modules)
+        self.sandbox = make_sandbox(cfg.sandbox)
+        self.chat = ChatFormat(tokenizer, self.tools, cfg.prompt.call_format, cfg.prompt.system, cfg.prompt.fewshot)
+        self.engine = make_engine(cfg.engine.backend, model, tokenizer, dtype=cfg.engine.dtype, max_batch_size=cfg.engine.max_batch_size)
+        r = cfg.rollout
+        self.loop = AgentLoop(
+            self.engine,
+            self.chat,
+            self.tools,
+            self.sandbox,
+            LoopLimits(r.max_turns, r.max_new_tokens_per_turn, r.max_total_tokens, r.temperature, r.top_p, r.tool_threads),
+        )
+        self.golden = GoldenSource(self.chat, self.tools, self.sandbox)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.logger = MetricsLogger(
+            self.run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project, cfg.model_dump(mode="json")
+        )
+        self.batches = batches(self.problems, cfg.train.prompts_per_step, cfg.run.seed, cfg.data.shuffle)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # --- one step ----------------------------------------------------------------------------
+    def inject(self, trajs: list[Trajectory], problems: list[Problem], first_gid: int) -> dict[str, float]:
+        """GCPO: a verified golden replaces one member of each group in which every rollout failed."""
+        cfg = self.cfg
+        G = cfg.rollout.group_size
+        injected = candidates = 0
+        failures_before = self.golden.stats.verify_failures
+        if self.algo.injects_golden and cfg.golden.enabled:
+            for gi, prob in enumerate(problems):
+                group = trajs[gi * G : (gi + 1) * G]
+                if any(t.correct for t in group):
+                    continue
+                candidates += 1
+                g = self.golden.get(prob, first_gid + gi)
+                if g is None:
+                    continue
+                trajs[gi * G + pick_member(group, cfg.golden.replace)] = g
+                injected += 1
+        return {
+            "gcpo/injected_frac": injected / max(1, len(problems)),
+            "gcpo/injected": float(injected),
+            "gcpo/all_fail_groups": float(candidates),
+            "gcpo/golden_verify_failures": float(self.golden.stats.verify_failures - failures_before),
+        }
+
+    def step(self, step: int) -> StepResult:
+        cfg, timer = self.cfg, Timer()
+        problems = next(self.batches)
+        first_gid = step * len(problems)
+        with timer("rollout"):
+            trajs = self.loop.run(problems, cfg.rollout.group_size, seed=cfg.run.seed * 100003 + step, first_group_id=first_gid)
+        with timer("verify"):
+            score(trajs)
+        metrics = rollout_metrics(trajs)  # before injection: the policy's own accuracy
+        with timer("golden"):
+            metrics.update(self.inject(trajs, problems, first_gid))
+        for t in trajs:
+            t.check()
+        with timer("train"):
+            metrics.update(self.update(trajs))
+        with timer("sync"):
+            self.engine.update_weights(None)
+        metrics.update(timer.times)
+        metrics["time/step_s"] = sum(timer.times.values())
+        return StepResult(metrics, trajs)
+
+    def update(self, trajs: list[Trajectory]) -> dict[str, float]:
+        cfg = self.cfg
+        rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
+        gids = torch.tensor([t.group_id for t in trajs], dtype=torch.long)
+        golden = torch.tensor([t.is_golden for t in trajs], dtype=torch.bool)
+        adv = self.algo.advantages(rewards, gids, golden, cfg.algorithm)  # [N]
+        num_seqs = len(trajs)
+        num_tokens = float(sum(t.num_policy_tokens for t in trajs))
+        active = [i for i in range(num_seqs) if adv[i].item() != 0.0 and trajs[i].num_policy_tokens > 0]
+        out: dict[str, float] = {"loss/active_seqs": float(len(active)), "adv/abs_mean": float(adv.abs().mean())}
+        if not active:
+            out.update({"loss/policy": 0.0, "loss/grad_norm": 0.0, "loss/clip_frac": 0.0, "loss/skipped": 1.0})
+            return out
+        self.model.train()
+        active.sort(key=lambda i: len(trajs[i].token_ids))
+        total, sums, weights = 0.0, {}, 0
+        diffs, n_diff = 0.0, 0
+        mb = cfg.train.micro_batch_size
+        for k in range(0, len(active), mb):
+            idx = active[k : k + mb]
+            b = pack([trajs[i] for i in idx], self.pad_id)
+            logp = token_logprobs(self.model, b.input_ids, b.attention_mask, cfg.train.autocast_bf16)  # [n, T-1]
+            old = logp.detach()  # one update per batch: the pre-update policy is the current one
+            per_tok, m = self.algo.policy_loss(logp, old, adv[idx], b.loss_mask, cfg.algorithm)
+            loss = aggregate(per_tok, b.loss_mask, self.algo.aggregation, num_seqs=num_seqs, num_tokens=num_tokens, norm_len=cfg.algorithm.dr_grpo_norm_len)
+            loss.backward()
+            total += float(loss.detach())
+            for key, v in m.items():
+                sums[key] = sums.get(key, 0.0) + float(v) * len(idx)
+            weights += len(idx)
+            sampled = b.loss_mask.bool() & ~torch.isnan(b.sampler_logprobs)
+            if sampled.any():
+                diffs += float((logp.detach() - b.sampler_logprobs)[sampled].abs().sum())
+                n_diff += int(sampled.sum())
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        if math.isfinite(float(grad_norm)):
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        out.update({f"loss/{k}": v / weights for k, v in sums.items()})
+        out.update({"loss/policy": total, "loss/grad_norm": float(grad_norm), "loss/skipped": 0.0})
+        out["rollout/logprob_abs_diff"] = diffs / n_diff if n_diff else 0.0
+        return out
+
+    # --- the run -----------------------------------------------------------------------------
+    def save(self, name: str) -> Path:
+        d = self.run_dir / "checkpoints" / name
+        self.model.save_pretrained(d, safe_serialization=True)
+        self.tok.save_pretrained(d)
+        return d
+
+    def train(self) -> Path:
+        cfg = self.cfg
+        steps = range(cfg.train.steps)
+        bar = None
+        if cfg.log.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(steps, desc="train", unit="step", dynamic_ncols=True)
+        try:
+            for step in steps:
+                res = self.step(step)
+                self.logger.log(step, res.metrics)
+                if cfg.train.samples_per_step:
+                    self.logger.samples(step, res.trajectories[: cfg.train.samples_per_step] + [t for t in res.trajectories if t.is_golden][:1], self.tok)
+                if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
+                    self.save(f"step-{step + 1}")
+                m = res.metrics
+                summary = (
+                    f"reward {m.get('reward/mean', 0):.2f} | tool calls/traj {m.get('tools/calls_per_traj', 0):.2f} | "
+                    f"injected {m.get('gcpo/injected_frac', 0):.2f} | loss {m.get('loss/policy', 0):+.4f} | "
+                    f"{m.get('time/step_s', 0):.0f}s"
+                )
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(summary)
+                else:
+                    print(f"step {step + 1}/{cfg.train.steps} | {summary}", flush=True)
+            if cfg.train.save_final:
+                self.save("final")
+        finally:
+            if bar is not None:
+                bar.close()
+            self.close()
+        (self.run_dir / "summary.json").write_text(json.dumps({"run_dir": str(self.run_dir), "steps": cfg.train.steps}))
+        return self.run_dir
+
+    def close(self) -> None:
+        self.loop.close()
+        self.sandbox.close()
+        self.logger.close()
