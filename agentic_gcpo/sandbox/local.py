@@ -1,0 +1,490 @@
+"""Local sandbox backend: a warm pool of isolated worker processes, one per session.
+
+How a call flows: execute(code, session) finds the session's worker (or takes a warm one from the
+pool, SymPy already imported), sends the code as length-prefixed JSON over a pipe, and waits for
+the reply with a wall-clock deadline. On timeout, crash, os._exit or a garbled reply, the worker's
+whole process group (and, with namespaces, its pid namespace) is SIGKILLed, its temp dir removed,
+and an ExecResult says what happened; the session's next call gets a fresh worker.
+
+Covered: wall timeout, per-cell CPU limit, memory, file size, process count (unprivileged uid
+only), scrubbed environment, private working dir, no network (namespaces), capped reply size,
+cleanup on close()/GC/interpreter exit (weakref.finalize), thread safety.
+NOT covered: see isolation.py (no seccomp, no disk quota, no CPU fairness); the pool refills one
+worker at a time, so a burst of new sessions beyond pool_size pays the cold start (~0.3-0.5 s).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import logging
+import math
+import os
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from typing import Any
+
+from .base import ExecResult, SandboxConfig, truncate_middle
+from .isolation import Isolation, detect, minimal_env, wrap_argv
+
+log = logging.getLogger("agentic_gcpo.sandbox")
+
+_STARTUP_TIMEOUT_S = 60.0  # a cold worker on a busy 2-core box can take seconds to import SymPy
+
+
+class WorkerDied(Exception):
+    """The worker stopped answering: timeout, crash, exit, or a garbled reply."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+class _Worker:
+    """One worker process and its private directory."""
+
+    def __init__(self, iso: Isolation, cfg: SandboxConfig, root: str, worker_py: str) -> None:
+        self.cfg = cfg
+        self.max_reply = 64 * cfg.max_output_chars + (1 << 20)  # JSON-escaped head+tail, generously
+        self.base = tempfile.mkdtemp(prefix="w-", dir=root)
+        self.workdir = os.path.join(self.base, "work")
+        os.mkdir(self.workdir, 0o700)
+        os.chmod(self.base, 0o711)
+        if iso.uid is not None and os.geteuid() == 0:
+            os.chown(self.workdir, iso.uid, iso.uid)
+        wcfg = {
+            "max_output_chars": cfg.max_output_chars,
+            "cpu_time_s": cfg.cpu_time_s,
+            "memory_mb": cfg.memory_mb,
+            "max_file_mb": cfg.max_file_mb,
+            "max_processes": cfg.max_processes,
+            # Lifetime CPU cap of one worker; a session is a handful of cells.
+            "cpu_lifetime_s": max(600, int(math.ceil(cfg.cpu_time_s * 50))),
+        }
+        argv = [iso.python, "-s", "-B", worker_py, json.dumps(wcfg)]
+        argv = wrap_argv(iso, argv, self.workdir, os.path.dirname(worker_py))
+        kw: dict[str, Any] = {}
+        if iso.uid is not None and os.geteuid() == 0:
+            kw = {"user": iso.uid, "group": iso.uid, "extra_groups": []}
+        # Worker stderr before it takes over fd 2 (interpreter/bwrap failures) goes to a root-owned file.
+        self.boot_log = os.path.join(self.base, "boot.log")
+        with open(self.boot_log, "wb") as boot:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=boot,
+                cwd=self.workdir,
+                env=minimal_env(self.workdir),
+                start_new_session=True,  # own process group: one killpg takes everything
+                close_fds=True,
+                **kw,
+            )
+        self.pid = self.proc.pid
+        self.rfd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        self.wfd = self.proc.stdin.fileno()  # type: ignore[union-attr]
+        os.set_blocking(self.wfd, False)
+        self.ready_info: dict[str, Any] | None = None
+        self._kill_lock = threading.Lock()
+        self._io_lock = threading.Lock()  # held while a thread reads/writes the pipes
+        self.dead = False
+        self.cells = 0
+
+    # --------------------------------------------------------------- pipes with deadlines
+    def _write_all(self, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WorkerDied("timeout")
+            try:
+                _, w, _ = select.select([], [self.wfd], [], left)
+            except (OSError, ValueError) as exc:
+                raise WorkerDied("died", str(exc)) from None
+            if not w:
+                continue
+            try:
+                n = os.write(self.wfd, view)
+            except BlockingIOError:
+                continue
+            except OSError as exc:  # BrokenPipe (or EBADF after kill): the worker is gone
+                raise WorkerDied("died", str(exc)) from None
+            view = view[n:]
+
+    def _read_exact(self, n: int, deadline: float) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WorkerDied("timeout")
+            try:
+                r, _, _ = select.select([self.rfd], [], [], left)
+                if not r:
+                    continue
+                chunk = os.read(self.rfd, min(n - len(buf), 1 << 20))
+            except (OSError, ValueError) as exc:
+                raise WorkerDied("died", str(exc)) from None
+            if not chunk:
+                raise WorkerDied("died", "end of stream")
+            buf += chunk
+        return bytes(buf)
+
+    def _recv(self, deadline: float) -> dict[str, Any]:
+        (n,) = struct.unpack(">I", self._read_exact(4, deadline))
+        if n > self.max_reply:  # never buffer an unbounded reply from untrusted code
+            raise WorkerDied("garbled", f"reply of {n} bytes exceeds the {self.max_reply}-byte cap")
+        try:
+            msg = json.loads(self._read_exact(n, deadline).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise WorkerDied("garbled", str(exc)) from None
+        if not isinstance(msg, dict):
+            raise WorkerDied("garbled", "reply is not an object")
+        return msg
+
+    # --------------------------------------------------------------- API
+    def wait_ready(self, timeout: float = _STARTUP_TIMEOUT_S) -> None:
+        if self.ready_info is not None:
+            return
+        try:
+            with self._io_lock:
+                msg = self._recv(time.monotonic() + timeout)
+        except WorkerDied as exc:
+            self.kill()
+            raise RuntimeError(f"sandbox worker failed to start ({exc}): {self._boot_log_tail()}") from None
+        if not msg.get("ready"):
+            self.kill()
+            raise RuntimeError(f"sandbox worker failed to start: {msg}")
+        self.ready_info = msg
+
+    def run(self, code: str, timeout: float) -> dict[str, Any]:
+        """Send one cell and return the worker's reply dict; raise WorkerDied otherwise."""
+        self.wait_ready()  # a cold start is the host's cost: it does not eat into the cell's time
+        deadline = time.monotonic() + timeout
+        with self._io_lock:
+            return self._run_locked(code, deadline)
+
+    def _run_locked(self, code: str, deadline: float) -> dict[str, Any]:
+        self.cells += 1
+        data = json.dumps({"id": self.cells, "code": code}).encode("utf-8")
+        try:
+            self._write_all(struct.pack(">I", len(data)) + data, deadline)
+        except WorkerDied as exc:
+            # Dead before it could read the cell (e.g. killed while idle in the pool).
+            raise WorkerDied("unavailable" if exc.kind == "died" and self.cells == 1 else exc.kind) from None
+        reply = self._recv(deadline)
+        if reply.get("id") != self.cells:  # a stale or forged reply: the channel cannot be trusted
+            raise WorkerDied("garbled", "reply id mismatch")
+        return reply
+
+    def alive(self) -> bool:
+        return not self.dead and self.proc.poll() is None
+
+    def exit_description(self) -> tuple[str, bool]:
+        """(why the worker ended, whether it was the CPU limit). Call after it died by itself."""
+        try:
+            rc = self.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return "the worker stopped responding", False
+        # bwrap/unshare report a child's death by signal as exit status 128+signal.
+        sig = -rc if rc < 0 else (rc - 128 if rc > 128 else 0)
+        if sig == signal.SIGXCPU:
+            return f"execution exceeded the CPU time limit ({self.cfg.cpu_time_s} s)", True
+        if sig:
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            hint = " (stack overflow from deep recursion?)" if sig == signal.SIGSEGV else ""
+            return f"the Python process was killed by {name}{hint}", False
+        return f"the Python process exited with status {rc}", False
+
+    def kill(self) -> None:
+        """SIGKILL the whole group (with namespaces that ends the pid namespace too); remove the dir."""
+        with self._kill_lock:
+            if self.dead:
+                return  # idempotent: a second killpg could hit a reused pid
+            self.dead = True
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.warning("sandbox worker %d did not exit after SIGKILL", self.pid)
+        # Close the pipes only once no other thread is inside a read/write on them: closing an
+        # fd under a reader could let the number be reused by an unrelated file. The reader sees
+        # EOF right after the SIGKILL, so this wait is short.
+        if self._io_lock.acquire(timeout=5):
+            try:
+                for f in (self.proc.stdin, self.proc.stdout):
+                    try:
+                        if f is not None:
+                            f.close()
+                    except OSError:
+                        pass
+            finally:
+                self._io_lock.release()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def _boot_log_tail(self) -> str:
+        try:
+            with open(self.boot_log, "rb") as f:
+                return f.read()[-2000:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+class _Session:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.worker: _Worker | None = None
+        self.closed = False
+
+
+class _State:
+    """Everything the finalizer needs; holds no reference to the LocalSandbox itself."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.closed = False
+        self.pool: list[_Worker] = []
+        self.sessions: dict[str, _Session] = {}
+        self.starting: set[_Worker] = set()
+        self.root = ""
+
+
+def _shutdown(state: _State) -> None:
+    with state.lock:
+        state.closed = True
+        state.cond.notify_all()
+        workers = list(state.pool) + list(state.starting)
+        workers += [s.worker for s in state.sessions.values() if s.worker is not None]
+        state.pool.clear()
+        state.sessions.clear()
+    for w in workers:
+        w.kill()
+    if state.root:
+        shutil.rmtree(state.root, ignore_errors=True)
+
+
+class LocalSandbox:
+    """Sandbox backend running workers on this machine. Thread-safe; see module docstring."""
+
+    def __init__(self, cfg: SandboxConfig) -> None:
+        self.cfg = cfg
+        self.isolation: Isolation = detect(cfg.isolation)
+        self._state = _State()
+        st = self._state
+        st.root = tempfile.mkdtemp(prefix="agcpo-sbx-")
+        os.chmod(st.root, 0o711)  # nobody may traverse to its own dir but not list others
+        # The worker must be readable by the unprivileged uid, and the installed package may live
+        # under /root; ship a copy in the sandbox root.
+        src = importlib.resources.files("agentic_gcpo.sandbox_files") / "worker.py"
+        wdir = os.path.join(st.root, "bin")
+        os.mkdir(wdir, 0o755)
+        self._worker_py = os.path.join(wdir, "worker.py")
+        with open(self._worker_py, "w", encoding="utf-8") as f:
+            f.write(src.read_text(encoding="utf-8"))
+        os.chmod(self._worker_py, 0o644)
+        self._finalizer = weakref.finalize(self, _shutdown, st)  # also runs at interpreter exit
+        self._refiller: threading.Thread | None = None
+        if cfg.pool_size > 0:
+            self._refiller = threading.Thread(target=self._refill_loop, name="sandbox-pool", daemon=True)
+            self._refiller.start()
+
+    # ---------------------------------------------------------------- pool
+    def _spawn(self) -> _Worker:
+        return _Worker(self.isolation, self.cfg, self._state.root, self._worker_py)
+
+    def _refill_loop(self) -> None:
+        st = self._state
+        failures = 0
+        while True:
+            with st.lock:
+                while not st.closed and len(st.pool) >= self.cfg.pool_size:
+                    st.cond.wait()
+                if st.closed:
+                    return
+            try:
+                w = self._spawn()
+            except Exception:  # noqa: BLE001 - keep the pool thread alive; execute() spawns inline
+                log.exception("sandbox: could not start a pool worker")
+                failures += 1
+                time.sleep(min(30.0, 0.5 * 2**failures))
+                continue
+            with st.lock:
+                if st.closed:
+                    w.kill()
+                    return
+                st.starting.add(w)
+            try:
+                w.wait_ready()
+                failures = 0
+            except RuntimeError:
+                if st.closed:  # close() killed it while it was starting
+                    return
+                log.exception("sandbox: pool worker failed to start")
+                failures += 1
+                time.sleep(min(30.0, 0.5 * 2**failures))
+            with st.lock:
+                st.starting.discard(w)
+                if st.closed or w.dead:
+                    w.kill()
+                    if st.closed:
+                        return
+                    continue
+                st.pool.append(w)
+
+    def _take_worker(self) -> _Worker:
+        st = self._state
+        with st.lock:
+            while st.pool:
+                w = st.pool.pop(0)
+                st.cond.notify_all()
+                if w.alive():
+                    return w
+                w.kill()
+        w = self._spawn()  # pool empty: pay the cold start in this thread
+        return w
+
+    # ---------------------------------------------------------------- API
+    def execute(self, code: str, session: str) -> ExecResult:
+        st = self._state
+        with st.lock:
+            if st.closed:
+                raise RuntimeError("LocalSandbox.execute() called after close()")
+            sess = st.sessions.setdefault(session, _Session())
+        if not isinstance(code, str):
+            return ExecResult.failure("SandboxError", f"code must be a string, got {type(code).__name__}")
+        t0 = time.monotonic()
+        with sess.lock:
+            for attempt in range(2):
+                fresh = sess.worker is None or not sess.worker.alive()
+                if fresh:
+                    if sess.worker is not None:
+                        sess.worker.kill()
+                    try:
+                        sess.worker = self._take_worker()
+                    except Exception as exc:  # noqa: BLE001 - the host could not start a worker
+                        sess.worker = None
+                        return ExecResult.failure("SandboxError", f"could not start worker: {exc}"[:1000])
+                    with st.lock:
+                        if sess.closed or st.closed:
+                            sess.worker.kill()
+                            sess.worker = None
+                            return ExecResult.failure("SandboxError", "session was closed")
+                w = sess.worker
+                assert w is not None
+                try:
+                    reply = w.run(code, self.cfg.timeout_s)
+                except WorkerDied as exc:
+                    res = self._failure(w, exc, time.monotonic() - t0)
+                    w.kill()
+                    sess.worker = None
+                    # A fresh worker that died before reading the cell: retry once, transparently
+                    # (never re-run a cell that the worker may have started).
+                    if exc.kind == "unavailable" and attempt == 0:
+                        continue
+                    return res
+                except RuntimeError as exc:  # worker failed to start
+                    w.kill()
+                    sess.worker = None
+                    return ExecResult.failure("SandboxError", str(exc)[:1000], time.monotonic() - t0)
+                return self._result(reply, time.monotonic() - t0)
+        raise AssertionError("unreachable")
+
+    def _result(self, reply: dict[str, Any], dt: float) -> ExecResult:
+        lim = self.cfg.max_output_chars
+
+        def text(key: str) -> str | None:
+            v = reply.get(key)
+            return None if v is None else str(v)
+
+        # The worker truncates already (limit + its marker); cutting again here only guards
+        # against a tampered worker sending more.
+        lim += 64
+        stdout, t1 = truncate_middle(text("stdout") or "", lim)
+        stderr, t2 = truncate_middle(text("stderr") or "", lim)
+        value = text("value")
+        if value is not None:
+            value, t3 = truncate_middle(value, lim)
+        else:
+            t3 = False
+        err = text("error")
+        return ExecResult(
+            stdout=stdout,
+            stderr=stderr,
+            value=value,
+            error_type=text("error_type"),
+            error=None if err is None else err[:1000],
+            timed_out=False,
+            memory_exceeded=bool(reply.get("memory_exceeded")),
+            output_truncated=bool(reply.get("output_truncated")) or t1 or t2 or t3,
+            duration_s=dt,
+        )
+
+    def _failure(self, w: _Worker, exc: WorkerDied, dt: float) -> ExecResult:
+        lost = "; the session was restarted and its state (variables, imports) is lost"
+        if exc.kind == "timeout":
+            msg = f"execution exceeded {self.cfg.timeout_s} s wall time{lost}"
+            return ExecResult.failure("TimeoutError", msg, dt, timed_out=True)
+        if exc.kind in ("garbled", "unavailable"):
+            return ExecResult.failure("SandboxError", f"the worker sent an invalid reply{lost}", dt)
+        why, cpu = w.exit_description()
+        if cpu:
+            return ExecResult.failure("TimeoutError", why + lost, dt, timed_out=True)
+        return ExecResult.failure("SandboxError", why + lost, dt)
+
+    def close_session(self, session: str) -> None:
+        st = self._state
+        with st.lock:
+            sess = st.sessions.pop(session, None)
+            if sess is None:
+                return
+            sess.closed = True
+            w = sess.worker
+        if w is not None:
+            w.kill()  # safe while an execute() is in flight: it sees EOF and reports it
+
+    def close(self) -> None:
+        self._finalizer()
+        if self._refiller is not None and self._refiller is not threading.current_thread():
+            self._refiller.join(timeout=10)
+
+    def __enter__(self) -> LocalSandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- introspection
+    def info(self) -> dict[str, Any]:
+        """How this sandbox is isolated (for logs, tests and the README)."""
+        iso = self.isolation
+        return {
+            "mode": iso.mode,
+            "python": iso.python,
+            "uid": iso.uid,
+            "network_blocked": iso.network_blocked,
+            "nproc_enforced": iso.nproc_enforced,
+            "filesystem_private": iso.filesystem_private,
+            "notes": list(iso.notes),
+        }
+
+    def worker_pids(self) -> list[int]:
+        st = self._state
+        with st.lock:
+            ws = list(st.pool) + list(st.starting)
+            ws += [s.worker for s in st.sessions.values() if s.worker is not None]
+        return [w.pid for w in ws if not w.dead]
