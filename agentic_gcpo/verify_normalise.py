@@ -1,0 +1,428 @@
+"""Answer extraction and normalisation for the verifier (pure Python, no SymPy).
+
+``prepare`` turns a LaTeX-ish or plain answer into a plain ASCII expression that both the exact
+numeric parser here (``parse_number``) and SymPy's tokenizer read: ``\\frac{3}{4}`` ->
+``((3)/(4))``, ``\\sqrt[3]{x}`` -> ``((x)^(1/(3)))``, ``\\$1,200.`` -> ``1200``, ``18\\%`` -> ``18``;
+then ``finish`` cleans each element of a tuple/set: ``x = 5`` -> ``5``, ``5 apples`` -> ``5``.
+The policy choices are documented in ``agentic_gcpo.verify``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from fractions import Fraction
+
+MAX_ANSWER_CHARS = 2_000  # longer "answers" are rejected: no real math answer is this long
+MAX_TEXT_CHARS = 1_000_000  # only the tail of a longer model output is searched
+
+# ---------------------------------------------------------------------------------------------
+# Extraction
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_ANSWER_RE = re.compile(r"\banswer\b\s*(?:is\b\s*:?|:|=)[ \t]*(.*)", re.IGNORECASE)
+_GSM_RE = re.compile(r"####[ \t]*(.*)")
+_NUMBER_RE = re.compile(
+    r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|(?<![\w.])-?\.\d+"
+)
+_SENTENCE_END = re.compile(r"\.(?:\s|$)")
+
+
+def balanced_group(text: str, i: int) -> tuple[str, int] | None:
+    """Content of the brace group opening at text[i] == '{' and the index after it; None if unclosed.
+
+    Escaped braces (set notation ``\\{1,2\\}``) do not count towards the depth.
+    """
+    depth, j, n = 0, i, len(text)
+    while j < n:
+        c = text[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j], j + 1
+        j += 1
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete \\boxed{...} / \\fbox{...} (or ``\\boxed 5``); None if none."""
+    for m in reversed(list(_BOX_RE.finditer(text))):
+        i = m.end()
+        while i < len(text) and text[i] in " \t":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            group = balanced_group(text, i)
+            if group is not None:  # a truncated last box falls back to an earlier complete one
+                return group[0].strip()
+        else:
+            tok = re.match(r"[^\s$]+", text[i:])
+            if tok:
+                return tok.group(0)
+    return None
+
+
+_MATH_DOLLAR = re.compile(r"(?<!\\)\$+")  # an unescaped $ or $$ (\$ is a currency sign)
+
+
+def _clean_phrase(x: str) -> str:
+    x = x.strip().strip("*").strip()
+    delims = list(_MATH_DOLLAR.finditer(x))
+    # "$\frac{1}{2}$" is math: take what the first pair encloses; "$1,200." is currency.
+    if x.startswith("$") and len(delims) >= 2:
+        return x[delims[0].end() : delims[1].start()].strip()
+    if x.startswith("\\(") and "\\)" in x:
+        return x[2 : x.index("\\)")].strip()
+    m = _SENTENCE_END.search(x)
+    if m:
+        x = x[: m.start()]
+    return x.strip().rstrip(".").strip("*").strip()
+
+
+def extract_answer(text: str) -> str | None:
+    if not isinstance(text, str) or not text:
+        return None
+    text = text[-MAX_TEXT_CHARS:]
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    for pattern in (_ANSWER_RE, _GSM_RE):
+        for m in reversed(list(pattern.finditer(text))):
+            phrase = _clean_phrase(m.group(1))
+            if phrase:
+                return phrase
+    numbers = _NUMBER_RE.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def reference_answer(ref: str) -> str:
+    """Light normaliser for references: a full GSM8K solution keeps what follows its last ####."""
+    if "####" in ref:
+        return ref.rsplit("####", 1)[1].strip()
+    boxed = last_boxed(ref)
+    return boxed if boxed is not None else ref
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation
+
+_UNICODE = {
+    "\u2212": "-", "\u2013": "-", "\u00d7": "*", "\u00b7": "*", "\u22c5": "*", "\u00f7": "/",
+    "\u221a": "\\sqrt", "\u03c0": "\\pi", "\u221e": "\\infty", "\u00b2": "^2", "\u00b3": "^3",
+    "\u00b0": "", "\u2248": "=", "\u00a0": " ", "\u2009": "",
+}  # fmt: skip
+_DROP = {"left", "right", "big", "Big", "bigg", "Bigg", "displaystyle", "textstyle", "circ", "degree",
+         "limits", "mathstrut", "%", "$", ",", ";", ":", "!", " ", "quad", "qquad"}  # fmt: skip
+_TEXT = {"text", "textbf", "textit", "textrm", "textnormal", "mathrm", "mathbf", "mathit", "mbox",
+         "operatorname", "mathbb", "hbox"}  # fmt: skip
+_FRAC = {"frac", "dfrac", "tfrac", "cfrac"}
+_SYMBOLS = {"cdot": "*", "times": "*", "ast": "*", "div": "/", "infty": " oo ", "approx": "=",
+            "{": "{", "}": "}", "\\": " ", "neq": "!=", "ne": "!="}  # fmt: skip
+_FUNCTIONS = {"sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh",
+              "tanh", "log", "ln", "exp"}  # fmt: skip
+# Words that are maths, not units: never stripped from the end of an answer.
+_MATH_WORDS = {"pi", "sqrt", "oo", "inf", "infinity", "sin", "cos", "tan", "cot", "sec", "csc", "log",
+               "ln", "exp", "abs", "asin", "acos", "atan", "sinh", "cosh", "tanh", "root"}  # fmt: skip
+
+
+def _arg(s: str, i: int) -> tuple[str, int]:
+    """One LaTeX macro argument at s[i:]: a {group}, a \\command, or a single character."""
+    while i < len(s) and s[i] == " ":
+        i += 1
+    if i >= len(s):
+        return "", i
+    if s[i] == "{":
+        g = balanced_group(s, i)
+        if g is None:
+            raise ValueError("unbalanced braces")
+        return g[0], g[1]
+    if s[i] == "\\":
+        m = re.match(r"\\(?:[A-Za-z]+|.)", s[i:])
+        assert m is not None
+        return m.group(0), i + m.end()
+    return s[i], i + 1
+
+
+def _command_with_args(s: str, i: int) -> tuple[str, int]:
+    """The LaTeX source of one command at s[i] with its arguments (\\frac{a}{b}, \\sqrt[3]{x})."""
+    m = re.match(r"\\(?:[A-Za-z]+|.)", s[i:])
+    assert m is not None
+    name, j = m.group(0)[1:], i + m.end()
+    if name == "sqrt" and j < len(s) and s[j] == "[":
+        close = s.find("]", j)
+        j = close + 1 if close >= 0 else j
+    for _ in range(2 if name in _FRAC else 1 if name == "sqrt" else 0):
+        _, j = _arg(s, j)
+    return s[i:j], j
+
+
+def latex_to_plain(s: str, depth: int = 0) -> str:
+    if depth > 50:
+        raise ValueError("nesting too deep")
+    out: list[str] = []
+    i, n = 0, len(s)
+    while i < n:
+        c = s[i]
+        if c == "\\":
+            m = re.match(r"\\([A-Za-z]+|.)", s[i:])
+            if m is None:
+                i += 1
+                continue
+            name, i = m.group(1), i + m.end()
+            if name in _FRAC:
+                a, i = _arg(s, i)
+                b, i = _arg(s, i)
+                out.append(f"(({latex_to_plain(a, depth + 1)})/({latex_to_plain(b, depth + 1)}))")
+            elif name == "sqrt":
+                index = None
+                if i < n and s[i] == "[":
+                    close = s.find("]", i)
+                    if close < 0:
+                        raise ValueError("unclosed root index")
+                    index, i = s[i + 1 : close], close + 1
+                a, i = _arg(s, i)
+                body = latex_to_plain(a, depth + 1)
+                if index is None:
+                    out.append(f"sqrt({body})")
+                else:
+                    out.append(f"(({body})^(1/({latex_to_plain(index, depth + 1)})))")
+            elif name in _TEXT:
+                a, i = _arg(s, i)
+                out.append(f" {latex_to_plain(a, depth + 1)} ")
+            elif name in _FUNCTIONS:
+                # \sin^2 x means (sin(x))^2; the argument is a group, a command or a word.
+                power = base = ""
+                while i < n and s[i] in "^_":
+                    op = s[i]
+                    p, i = _arg(s, i + 1)
+                    if op == "^":
+                        power = latex_to_plain(p, depth + 1)
+                    else:
+                        base = latex_to_plain(p, depth + 1)
+                while i < n and s[i] == " ":
+                    i += 1
+                if i < n and s[i] == "(":
+                    close, level = i, 0
+                    for close in range(i, n):
+                        level += {"(": 1, ")": -1}.get(s[close], 0)
+                        if level == 0:
+                            break
+                    if level != 0:
+                        raise ValueError("unbalanced parentheses")
+                    a, i = s[i + 1 : close], close + 1
+                elif i < n and s[i] == "{":
+                    a, i = _arg(s, i)
+                elif i < n and s[i] == "\\":
+                    a, i = _command_with_args(s, i)
+                else:
+                    m = re.match(r"[A-Za-z0-9.]*", s[i:])
+                    a, i = (m.group(0) if m else ""), i + (m.end() if m else 0)
+                call = f" {name}({latex_to_plain(a, depth + 1)})"
+                if base:
+                    call = f"({call}/log({base}))"
+                out.append(f"({call})^({power})" if power else call)
+            elif name in ("left", "right") and i < n and s[i] == ".":
+                i += 1  # \left. and \right. are invisible delimiters
+            elif name in _DROP:
+                pass
+            elif name in _SYMBOLS:
+                out.append(_SYMBOLS[name])
+            else:  # \pi, \sin, \alpha ...: the bare name, kept apart from its neighbours
+                out.append(f" {name} ")
+        elif c in "^_":
+            a, i = _arg(s, i + 1)
+            body = latex_to_plain(a, depth + 1).strip()
+            if body:  # ^\circ converts to nothing: drop the ^ with it
+                out.append(f"^({body})" if c == "^" else "_" + re.sub(r"\W", "", body))
+        elif c == "{":
+            g = balanced_group(s, i)
+            if g is None:
+                raise ValueError("unbalanced braces")
+            out.append(f"({latex_to_plain(g[0], depth + 1)})")
+            i = g[1]
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _strip_units(s: str) -> str:
+    """'5 apples' -> '5', '18 square feet' -> '18'; single letters and maths words stay."""
+    tokens = s.split(" ")
+    while len(tokens) > 1:
+        word = tokens[-1].rstrip(".")
+        word = re.sub(r"\^\(?\d\)?$", "", word)  # cm^2
+        if len(word) >= 2 and word.isalpha() and word.isascii() and word.lower() not in _MATH_WORDS:
+            tokens.pop()
+        else:
+            break
+    return " ".join(tokens)
+
+
+def prepare(s: str) -> str:
+    """Plain ASCII form of a whole answer (before splitting tuples/sets); ValueError if unreadable."""
+    if len(s) > MAX_ANSWER_CHARS:
+        raise ValueError("answer too long")
+    s = re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "", s)
+    for k, v in _UNICODE.items():
+        s = s.replace(k, v)
+    s = unicodedata.normalize("NFKC", s).strip()
+    boxed = last_boxed(s)
+    if boxed is not None:
+        s = boxed
+    s = s.replace("{,}", "")  # European LaTeX thousands separator
+    s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
+    s = re.sub(r"\\[()\[\]]", " ", s)  # \( \) \[ \] math delimiters
+    s = latex_to_plain(s)
+    s = re.sub(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d])", lambda m: m.group(1).replace(",", ""), s)
+    s = re.sub(r"\s+", " ", s).strip().rstrip(".;").strip()
+    if not s:
+        raise ValueError("empty answer")
+    return s
+
+
+def finish(s: str) -> str:
+    """One element of an answer: drop 'x =', units and stray punctuation."""
+    s = s.strip().lstrip("=").strip()
+    # "x = 5", "y=2x+1", "a = b = 5": keep what follows the last "=" when the left is a name.
+    if "=" in s and "!=" not in s and "<" not in s and ">" not in s:
+        parts = s.split("=")
+        if re.fullmatch(r"\s*[A-Za-z]\w*(?:\(\w+\))?\s*", parts[0]):
+            s = parts[-1].strip()
+    s = _strip_units(s).strip().rstrip(".").strip()
+    if not s:
+        raise ValueError("empty answer")
+    return s
+
+
+def split_structure(s: str) -> tuple[str, list[str]]:
+    """('single', [s]) or (kind, elements) for tuples '(...)', intervals, '[...]', sets and lists.
+
+    kind is the pair of outer brackets, 'set' (braces or a bare comma list: order ignored).
+    """
+    parts, depth, start = [], 0, 0
+    for j, c in enumerate(s):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            parts.append(s[start:j].strip())
+            start = j + 1
+    if parts:
+        return "set", parts + [s[start:].strip()]
+    if len(s) >= 2 and s[0] in "([{" and s[-1] in ")]}":
+        inner = s[1:-1]
+        # The outer pair must enclose everything: "(1)(2)" is not a tuple.
+        depth = 0
+        for c in inner:
+            depth += c in "([{"
+            depth -= c in ")]}"
+            if depth < 0:
+                return "single", [s]
+        kind, elems = split_structure(inner)
+        if kind == "set" and len(elems) > 1:
+            return ("set" if s[0] == "{" else s[0] + s[-1]), elems
+    return "single", [s]
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact numeric fast path: + - * / ^ ** and parentheses over decimal numbers, with Fractions.
+
+_TOKEN = re.compile(r"\s*(\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\*\*|[-+*/^()])")
+
+
+def _number(tok: str) -> Fraction:
+    m = re.fullmatch(r"(\d*\.?\d*)(?:[eE]([-+]?\d+))?", tok)
+    assert m is not None
+    mantissa, exp = m.group(1), int(m.group(2) or 0)
+    if len(mantissa) > 1000 or abs(exp) > 400:  # Fraction('1e999999999') would build 10**1e9
+        raise ValueError("number too large for the fast path")
+    return Fraction(mantissa) * Fraction(10) ** exp
+
+
+def parse_number(s: str) -> tuple[Fraction, bool] | None:
+    """(value, written_as_decimal) for a plain arithmetic expression, else None (not an error)."""
+    toks, pos = [], 0
+    while pos < len(s):
+        m = _TOKEN.match(s, pos)
+        if m is None:
+            return None if s[pos:].strip() else _eval(toks)
+        toks.append(m.group(1))
+        pos = m.end()
+    return _eval(toks)
+
+
+def _eval(toks: list[str]) -> tuple[Fraction, bool] | None:
+    inexact = any(t[0].isdigit() or t[0] == "." for t in toks if ("." in t or "e" in t.lower()))
+    k = 0
+
+    def peek() -> str | None:
+        return toks[k] if k < len(toks) else None
+
+    def take() -> str:
+        nonlocal k
+        k += 1
+        return toks[k - 1]
+
+    def expr(d: int) -> Fraction:
+        if d > 100:
+            raise ValueError("too deep")
+        v = term(d)
+        while peek() in ("+", "-"):
+            v = v + term(d) if take() == "+" else v - term(d)
+        return v
+
+    def term(d: int) -> Fraction:
+        v = unary(d)
+        while peek() in ("*", "/"):
+            if take() == "*":
+                v *= unary(d)
+            else:
+                v /= unary(d)  # ZeroDivisionError -> None below
+        return v
+
+    def unary(d: int) -> Fraction:
+        if peek() in ("+", "-"):
+            return unary(d + 1) if take() == "+" else -unary(d + 1)
+        base = atom(d)
+        if peek() in ("^", "**"):
+            take()
+            e = unary(d + 1)
+            if e.denominator != 1 or abs(e) > 10_000 or (base == 0 and e < 0):
+                raise ValueError("power outside the fast path")
+            bits = max(base.numerator.bit_length(), base.denominator.bit_length())
+            if bits * abs(e) > 100_000:
+                raise ValueError("power too large for the fast path")
+            return base ** int(e)
+        return base
+
+    def atom(d: int) -> Fraction:
+        t = take() if peek() is not None else None
+        if t == "(":
+            v = expr(d + 1)
+            if take() != ")":
+                raise ValueError("unbalanced")
+            return v
+        if t is None or not (t[0].isdigit() or t[0] == "."):
+            raise ValueError("expected a number")
+        return _number(t)
+
+    try:
+        value = expr(0)
+        return (value, inexact) if k == len(toks) else None
+    except (ValueError, ZeroDivisionError, IndexError, OverflowError, RecursionError):
+        return None
+
+
+def numbers_close(a: Fraction, b: Fraction, inexact: bool) -> bool:
+    """Exact equality, or math.isclose-style (rel 1e-6, abs 1e-9) when a decimal was written."""
+    if a == b:
+        return True
+    if not inexact:
+        return False
+    return abs(a - b) <= max(Fraction(1, 10**6) * max(abs(a), abs(b)), Fraction(1, 10**9))

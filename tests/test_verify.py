@@ -1,0 +1,238 @@
+"""Tests for the verifier: the reward signal, so false positives are the failures that matter."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from agentic_gcpo.verify import VerifyResult, extract_answer, is_equivalent, verify
+
+# (model text, reference, expected verify(...).correct)
+CASES: list[tuple[str, str, bool]] = [
+    # --- GSM8K-style plain numbers
+    ("#### 72", "72", True),
+    ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "72", True),
+    ("#### 71", "72", False),
+    ("The answer is $1,200.", "1200", True),
+    ("The answer is $1,200.", "1,200", True),
+    ("The answer is 1200.", "1,200", True),
+    ("The answer is 1,201.", "1,200", False),
+    ("So she earns 18 dollars.", "18", True),
+    ("Total: $18.00", "18", True),
+    ("The answer is: 18.", "18", True),
+    ("answer: 5 apples", "5", True),
+    ("He has 5 apples and 3 pears, so 8 fruits", "8", True),
+    ("He has 5 apples and 3 pears, so 8 fruits", "5", False),
+    ("The temperature dropped to -3 degrees", "-3", True),
+    ("The temperature dropped to -3 degrees", "3", False),
+    ("x = 5 - 8 = -3", "-3", True),
+    ("It costs .5 dollars", "0.5", True),
+    ("The final answer is 1,234.5", "1234.5", True),
+    ("Full GSM8K reference passed in", "Janet... <<16-3-4=9>>9 eggs\n#### 18", False),
+    ("#### 18", "Janet... <<16-3-4=9>>9 eggs\n#### 18", True),
+    ("**Answer:** 42", "42", True),
+    ("Answer: $\\$5$", "5", True),
+    ("The answer is $$\\frac{1}{2}$$.", "0.5", True),
+    ("The answer is \\( -\\frac{3}{2} \\).", "-1.5", True),
+    ("the answer is 42. Then I double-checked with 43", "42", True),
+    ("I computed 10 then 20 then 30", "30", True),
+    ("I computed 10 then 20 then 30", "10", False),
+    # --- boxed
+    ("\\boxed{5}", "5", True),
+    ("\\boxed{\\frac{1}{2}}", "0.5", True),
+    ("\\boxed{\\frac{1}{2}}", "1/2", True),
+    ("\\boxed{\\frac{1}{2}}", "\\frac{2}{4}", True),
+    ("\\boxed{\\frac{1}{3}}", "0.5", False),
+    ("First \\boxed{3}, on reflection \\boxed{4}", "4", True),
+    ("First \\boxed{3}, on reflection \\boxed{4}", "3", False),
+    ("\\boxed{\\boxed{7}}", "7", True),
+    ("\\fbox{7}", "7", True),
+    ("$\\boxed{12}$.", "12", True),
+    ("\\boxed 9", "9", True),
+    ("\\boxed{3} and then truncated \\boxed{4", "3", True),
+    ("The answer is 6 but \\boxed{5}", "5", True),
+    ("\\boxed{\\text{5 apples}}", "5", True),
+    ("\\boxed{\\$1,200}", "1200", True),
+    # --- decimals, fractions, tolerance
+    ("\\boxed{0.75}", "3/4", True),
+    ("\\boxed{3/4}", "\\frac{3}{4}", True),
+    ("\\boxed{\\dfrac{3}{4}}", "0.75", True),
+    ("\\boxed{\\tfrac34}", "0.75", True),
+    ("\\boxed{0.333}", "1/3", False),
+    ("\\boxed{0.3333333}", "\\frac{1}{3}", True),
+    ("\\boxed{1000001}", "1000000", False),
+    ("\\boxed{1000000.0}", "1000000", True),
+    ("\\boxed{2.5}", "5/2", True),
+    ("\\boxed{2.50}", "2.5", True),
+    ("\\boxed{-\\frac{1}{2}}", "-0.5", True),
+    ("\\boxed{\\frac{-1}{2}}", "-1/2", True),
+    ("\\boxed{\\frac{1}{2}}", "-1/2", False),
+    ("\\boxed{1e3}", "1000", True),
+    ("\\boxed{3 \\times 10^{3}}", "3000", True),
+    ("\\boxed{2 \\cdot 3}", "6", True),
+    ("\\boxed{\\left( \\frac{1}{2} \\right)}", "0.5", True),
+    # --- percent (policy: the sign is dropped, no /100)
+    ("\\boxed{18\\%}", "18", True),
+    ("The answer is 18%.", "18", True),
+    ("\\boxed{18\\%}", "0.18", False),
+    ("\\boxed{25 percent}", "25", True),
+    # --- symbolic
+    ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}", True),
+    ("\\boxed{2*sqrt(2)}", "sqrt(8)", True),
+    ("\\boxed{\\sqrt{2}}", "1.41421356", True),
+    ("\\boxed{\\sqrt{2}}", "1.414", False),
+    ("\\boxed{\\sqrt[3]{27}}", "3", True),
+    ("\\boxed{x^2-1}", "(x-1)(x+1)", True),
+    ("\\boxed{x^2+1}", "(x-1)(x+1)", False),
+    ("\\boxed{2x+3x}", "5x", True),
+    ("\\boxed{5x}", "5", False),
+    ("\\boxed{\\pi}", "3.14159265", True),
+    ("\\boxed{2\\pi}", "2", False),
+    ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt3}{2}", True),
+    ("\\boxed{\\sin^2 x + \\cos^2 x}", "1", True),
+    ("\\boxed{\\sqrt{x^2}}", "x", False),
+    ("\\boxed{e^{i\\pi}}", "-1", True),
+    ("\\boxed{3+4i}", "3+4i", True),
+    ("\\boxed{3-4i}", "3+4i", False),
+    ("\\boxed{x = 5}", "5", True),
+    ("\\boxed{y = 2x+1}", "2x+1", True),
+    ("\\boxed{x=6}", "5", False),
+    ("\\boxed{\\infty}", "\\infty", True),
+    ("\\boxed{-\\infty}", "\\infty", False),
+    ("\\boxed{5!}", "120", True),
+    ("\\boxed{90^\\circ}", "90", True),
+    # --- tuples, intervals, sets
+    ("\\boxed{(1, 2)}", "(1,2)", True),
+    ("\\boxed{(2, 1)}", "(1,2)", False),
+    ("\\boxed{[1, 2)}", "[1,2)", True),
+    ("\\boxed{[1, 2]}", "[1,2)", False),
+    ("\\boxed{\\{1, 2\\}}", "\\{2,1\\}", True),
+    ("\\boxed{3, 2}", "2, 3", True),
+    ("\\boxed{3, 2}", "2, 3, 4", False),
+    ("\\boxed{(\\frac{1}{2}, \\sqrt{4})}", "(0.5, 2)", True),
+    # --- nothing to find, garbage, hostile input
+    ("", "5", False),
+    ("I don't know.", "5", False),
+    ("\\boxed{}", "5", False),
+    ("\\boxed{five}", "5", False),
+    ("\x00\x00\x00", "5", False),
+    ("\x00 5 \x00", "5", True),
+    ("答案是 \\boxed{５}", "5", True),
+    ("🤖🤖🤖 \\boxed{🤖}", "5", False),
+    ("\\boxed{" * 500 + "5" + "}" * 500, "5", True),
+    ("\\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}", "1", False),
+    ("\\boxed{" + "9" * 5000 + "}", "9" * 5000, False),
+    ("\\boxed{" + "1" + "0" * 300 + "}", "1e300", True),
+    ("\\boxed{" + "1" + "0" * 300 + "}", "1e301", False),
+    ("\\boxed{1e999999999}", "1", False),
+    ("\\boxed{__import__('os').system('true')}", "0", False),
+    ("\\boxed{(lambda: 1)()}", "1", False),
+    ("\\boxed{x.__class__}", "x", False),
+    ("\\boxed{\\frac{1}{0}}", "1", False),
+    ("\\boxed{5}", "", False),
+    ("\\boxed{5}", "\x00", False),
+]
+
+
+def test_table_is_big_enough() -> None:
+    assert len(CASES) >= 80
+    assert sum(1 for c in CASES if not c[2]) >= 30  # plenty of must-reject cases
+
+
+@pytest.mark.parametrize(("text", "reference", "expected"), CASES)
+def test_verify_table(text: str, reference: str, expected: bool) -> None:
+    result = verify(text, reference)
+    assert isinstance(result, VerifyResult)
+    assert result.correct is expected, result
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("\\boxed{1} then \\boxed{\\sqrt{\\frac{a}{b}}}", "\\sqrt{\\frac{a}{b}}"),
+        ("The answer is $1,200.", "$1,200"),
+        ("The answer is $\\frac{3}{4}$ exactly", "\\frac{3}{4}"),
+        ("Final answer: 3.5.", "3.5"),
+        ("blah\n#### 1,234", "1,234"),
+        ("we get 3/4 of it", "3/4"),
+        ("it is -3 now", "-3"),
+        ("about .5 left", ".5"),
+        ("a total of 1,234.5 kg.", "1,234.5"),
+        ("no digits here", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_reasons() -> None:
+    assert verify("\\boxed{5}", "5") == VerifyResult(True, "5", "match")
+    assert verify("\\boxed{6}", "5").reason == "mismatch"
+    assert verify("nothing", "5") == VerifyResult(False, None, "no answer found")
+    assert verify("\\boxed{}", "5").reason == "unparseable"
+    assert is_equivalent("x^2-1", "(x-1)(x+1)")
+    assert not is_equivalent("0.333", "1/3")
+
+
+@pytest.mark.parametrize("bad", [None, 5, b"5", ["5"]])
+def test_never_raises_on_wrong_types(bad: object) -> None:
+    assert verify(bad, "5").correct is False  # type: ignore[arg-type]
+    assert verify("5", bad).correct is False  # type: ignore[arg-type]
+    assert is_equivalent(bad, "5") is False  # type: ignore[arg-type]
+
+
+def test_huge_text_is_fast() -> None:
+    text = ("lorem 12 ipsum " * 200_000) + "#### 7"
+    t0 = time.monotonic()
+    assert verify(text, "7").correct
+    assert time.monotonic() - t0 < 2.0
+
+
+@pytest.mark.parametrize("evil", ["9**9**9**9", "10^(10^(10^10))", "factorial(10^9)"])
+def test_adversarial_sympy_input_times_out(evil: str) -> None:
+    assert is_equivalent("x+1", "1+x")  # warm a helper so startup is not part of the timing
+    t0 = time.monotonic()
+    result = verify(f"\\boxed{{{evil}}}", "1", timeout_s=0.5)
+    assert time.monotonic() - t0 < 0.5 + 1.0
+    assert result.correct is False
+    assert result.reason in ("timeout", "mismatch", "unparseable")
+    # The helper that hung was replaced: symbolic checks still work afterwards.
+    assert is_equivalent("2\\sqrt{2}", "\\sqrt{8}")
+
+
+def test_thread_safety() -> None:
+    jobs = [(t, r, e) for t, r, e in CASES if len(t) < 200] * 2
+    jobs.append(("\\boxed{9**9**9**9}", "1", False))
+    results: dict[int, bool] = {}
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(k, len(jobs), 8):
+                text, ref, _ = jobs[i]
+                results[i] = verify(text, ref, timeout_s=1.0).correct
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors
+    assert time.monotonic() - t0 < 30
+    assert [results[i] for i in range(len(jobs))] == [e for _, _, e in jobs]
+
+
+def test_numeric_path_needs_no_subprocess() -> None:
+    # GSM8K answers never reach SymPy: fast enough to call per rollout without a second thought.
+    t0 = time.perf_counter()
+    for _ in range(200):
+        assert verify("so the total is 1,200 dollars.\n#### 1200", "1,200").correct
+    assert (time.perf_counter() - t0) / 200 < 0.005
