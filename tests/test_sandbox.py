@@ -417,3 +417,23 @@ def test_many_threads_same_session_serialised(sb):
         t.join()
     assert not errors and sb.execute("c", "same").value == "10"
     sb.close_session("same")
+
+
+def test_session_survives_exit_of_the_thread_that_started_it(sb):
+    # Regression: bwrap's --die-with-parent fires when the forking *thread* exits.
+    t = threading.Thread(target=lambda: sb.execute("kept = 7", "thread-exit"))
+    t.start()
+    t.join()
+    time.sleep(0.3)
+    assert sb.execute("kept", "thread-exit").value == "7"
+    sb.close_session("thread-exit")
+
+
+def test_cpu_limit_per_cell():
+    # Wall limit generous, CPU limit tight: RLIMIT_CPU (whole seconds, re-armed per cell) fires first.
+    with make_sandbox(SandboxConfig(pool_size=0, timeout_s=8, cpu_time_s=1)) as box:
+        box.execute("1", "s")
+        r = box.execute("while True:\n    pass", "s")
+        assert r.timed_out and "CPU time" in (r.error or "") and r.duration_s < 4
+        for _ in range(3):  # many short cells must not add up to the per-cell limit
+            assert box.execute("sum(range(10**6))", "s").ok

@@ -52,6 +52,7 @@ class Isolation:
     uid: int | None  # uid to switch to, or None for "stay who we are"
     ro_paths: tuple[str, ...] = ()  # extra read-only binds for bwrap (interpreter prefix, site dirs)
     notes: tuple[str, ...] = field(default=())
+    launcher: str = ""  # absolute path of bwrap/unshare (the worker's env has its own PATH)
 
     @property
     def network_blocked(self) -> bool:
@@ -117,7 +118,7 @@ def _pick_interpreter() -> tuple[str, int | None, list[str], list[str]]:
         notes.append(
             "running sandbox workers as root: no interpreter that uid 65534 can run with SymPy "
             f"(tried {candidates}; install Debian's python3 and python3-sympy), so RLIMIT_NPROC "
-            "is NOT enforced and host files are writable by sandboxed code"
+            "is NOT enforced and, unless bubblewrap hides them, host files are writable by sandboxed code"
         )
     for py in candidates:
         res = _run([py, "-s", "-B", "-c", _PROBE], None)
@@ -138,7 +139,7 @@ def _ro_paths(paths: list[str]) -> tuple[str, ...]:
 
 
 def bwrap_argv(iso: Isolation, workdir: str, worker_dir: str) -> list[str]:
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
+    argv = [iso.launcher, "--unshare-all", "--die-with-parent", "--new-session"]
     for d in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(d):
             argv += ["--symlink", os.readlink(d), d]
@@ -165,14 +166,14 @@ def wrap_argv(iso: Isolation, argv: list[str], workdir: str, worker_dir: str) ->
     if iso.mode == "bwrap":
         return bwrap_argv(iso, workdir, worker_dir) + argv
     if iso.mode == "unshare":
-        return ["unshare", "--user", "--net", "--pid", "--fork", "--kill-child", "--"] + argv
+        return [iso.launcher, "--user", "--net", "--pid", "--fork", "--kill-child", "--"] + argv
     return argv
 
 
 def _probe_mode(iso: Isolation, mode: str) -> bool:
     import tempfile
 
-    trial = Isolation(mode, iso.python, iso.uid, iso.ro_paths)
+    trial = Isolation(mode, iso.python, iso.uid, iso.ro_paths, launcher=shutil.which(mode) or mode)
     tmp = tempfile.mkdtemp(prefix="agcpo-probe-")
     try:
         os.chmod(tmp, 0o777)  # the probe may run as nobody
@@ -197,9 +198,13 @@ def detect(requested: str = "auto") -> Isolation:
         base = Isolation("none", python, uid, _ro_paths(paths), tuple(notes))
         iso = base
         if requested != "none":
-            for mode in ("bwrap", "unshare"):
+            # Debug/CI knob to exercise the fallbacks on a machine that has bubblewrap.
+            order = os.environ.get("AGENTIC_GCPO_SANDBOX_LAUNCHERS", "bwrap,unshare").split(",")
+            for mode in [m.strip() for m in order if m.strip() in ("bwrap", "unshare")]:
                 if shutil.which(mode) and _probe_mode(base, mode):
-                    iso = Isolation(mode, python, uid, base.ro_paths, tuple(notes))
+                    iso = Isolation(
+                        mode, python, uid, base.ro_paths, tuple(notes), shutil.which(mode) or mode
+                    )
                     break
             else:
                 msg = (

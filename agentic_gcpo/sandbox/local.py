@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import queue
 import select
 import shutil
 import signal
@@ -29,6 +30,7 @@ import tempfile
 import threading
 import time
 import weakref
+from concurrent.futures import Future
 from typing import Any
 
 from .base import ExecResult, SandboxConfig, truncate_middle
@@ -264,9 +266,10 @@ class _State:
         self.root = ""
 
 
-def _shutdown(state: _State) -> None:
+def _shutdown(state: _State, spawn_q: queue.Queue[Any]) -> None:
     with state.lock:
         state.closed = True
+        spawn_q.put(None)
         state.cond.notify_all()
         workers = list(state.pool) + list(state.starting)
         workers += [s.worker for s in state.sessions.values() if s.worker is not None]
@@ -297,7 +300,11 @@ class LocalSandbox:
         with open(self._worker_py, "w", encoding="utf-8") as f:
             f.write(src.read_text(encoding="utf-8"))
         os.chmod(self._worker_py, 0o644)
-        self._finalizer = weakref.finalize(self, _shutdown, st)  # also runs at interpreter exit
+        self._spawn_q: queue.Queue[Future[_Worker] | None] = queue.Queue()
+        self._spawner = threading.Thread(target=self._spawn_loop, name="sandbox-spawner", daemon=True)
+        self._spawner.start()
+        # Runs on close(), on garbage collection and at interpreter exit (finalize is atexit-aware).
+        self._finalizer = weakref.finalize(self, _shutdown, st, self._spawn_q)
         self._refiller: threading.Thread | None = None
         if cfg.pool_size > 0:
             self._refiller = threading.Thread(target=self._refill_loop, name="sandbox-pool", daemon=True)
@@ -305,7 +312,33 @@ class LocalSandbox:
 
     # ---------------------------------------------------------------- pool
     def _spawn(self) -> _Worker:
-        return _Worker(self.isolation, self.cfg, self._state.root, self._worker_py)
+        # bwrap --die-with-parent uses PR_SET_PDEATHSIG, which fires when the *thread* that forked
+        # it exits: a worker started from a short-lived executor thread would die with it. So every
+        # worker is forked by one long-lived spawner thread that lives as long as the sandbox.
+        if threading.current_thread() is self._spawner:
+            return _Worker(self.isolation, self.cfg, self._state.root, self._worker_py)
+        fut: Future[_Worker] = Future()
+        with self._state.lock:
+            if self._state.closed:
+                raise RuntimeError("sandbox is closed")
+            self._spawn_q.put(fut)
+        return fut.result()
+
+    def _spawn_loop(self) -> None:
+        while True:
+            fut = self._spawn_q.get()
+            if fut is None:
+                break
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(self._spawn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                fut.set_exception(exc)
+        while not self._spawn_q.empty():  # fail whoever is still waiting after close()
+            fut = self._spawn_q.get_nowait()
+            if fut is not None and fut.set_running_or_notify_cancel():
+                fut.set_exception(RuntimeError("sandbox is closed"))
 
     def _refill_loop(self) -> None:
         st = self._state
@@ -459,8 +492,9 @@ class LocalSandbox:
 
     def close(self) -> None:
         self._finalizer()
-        if self._refiller is not None and self._refiller is not threading.current_thread():
-            self._refiller.join(timeout=10)
+        for t in (self._refiller, self._spawner):
+            if t is not None and t is not threading.current_thread():
+                t.join(timeout=10)
 
     def __enter__(self) -> LocalSandbox:
         return self
