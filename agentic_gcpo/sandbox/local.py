@@ -11,21 +11,18 @@ only), scrubbed environment, private working dir, no network (namespaces), cappe
 cleanup on close()/GC/interpreter exit (weakref.finalize), thread safety.
 NOT covered: see isolation.py (no seccomp, no disk quota, no CPU fairness); the pool refills one
 worker at a time, so a burst of new sessions beyond pool_size pays the cold start (~0.3-0.5 s).
+Output printed before a timeout/crash is lost (the result carries only the error). A worker that
+dies *between* calls (a background thread calling os._exit, say) is replaced silently on the next
+call, whose state is then fresh. Timeout kills rather than interrupts: state never survives one.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-import json
 import logging
-import math
 import os
 import queue
-import select
 import shutil
-import signal
-import struct
-import subprocess
 import tempfile
 import threading
 import time
@@ -34,222 +31,16 @@ from concurrent.futures import Future
 from typing import Any
 
 from .base import ExecResult, SandboxConfig, truncate_middle
-from .isolation import Isolation, detect, minimal_env, wrap_argv
+from .isolation import Isolation, detect
+from .process import WorkerDied, WorkerProcess
 
 log = logging.getLogger("agentic_gcpo.sandbox")
-
-_STARTUP_TIMEOUT_S = 60.0  # a cold worker on a busy 2-core box can take seconds to import SymPy
-
-
-class WorkerDied(Exception):
-    """The worker stopped answering: timeout, crash, exit, or a garbled reply."""
-
-    def __init__(self, kind: str, detail: str = "") -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
-
-
-class _Worker:
-    """One worker process and its private directory."""
-
-    def __init__(self, iso: Isolation, cfg: SandboxConfig, root: str, worker_py: str) -> None:
-        self.cfg = cfg
-        self.max_reply = 64 * cfg.max_output_chars + (1 << 20)  # JSON-escaped head+tail, generously
-        self.base = tempfile.mkdtemp(prefix="w-", dir=root)
-        self.workdir = os.path.join(self.base, "work")
-        os.mkdir(self.workdir, 0o700)
-        os.chmod(self.base, 0o711)
-        if iso.uid is not None and os.geteuid() == 0:
-            os.chown(self.workdir, iso.uid, iso.uid)
-        wcfg = {
-            "max_output_chars": cfg.max_output_chars,
-            "cpu_time_s": cfg.cpu_time_s,
-            "memory_mb": cfg.memory_mb,
-            "max_file_mb": cfg.max_file_mb,
-            "max_processes": cfg.max_processes,
-            # Lifetime CPU cap of one worker; a session is a handful of cells.
-            "cpu_lifetime_s": max(600, int(math.ceil(cfg.cpu_time_s * 50))),
-        }
-        argv = [iso.python, "-s", "-B", worker_py, json.dumps(wcfg)]
-        argv = wrap_argv(iso, argv, self.workdir, os.path.dirname(worker_py))
-        kw: dict[str, Any] = {}
-        if iso.uid is not None and os.geteuid() == 0:
-            kw = {"user": iso.uid, "group": iso.uid, "extra_groups": []}
-        # Worker stderr before it takes over fd 2 (interpreter/bwrap failures) goes to a root-owned file.
-        self.boot_log = os.path.join(self.base, "boot.log")
-        with open(self.boot_log, "wb") as boot:
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=boot,
-                cwd=self.workdir,
-                env=minimal_env(self.workdir),
-                start_new_session=True,  # own process group: one killpg takes everything
-                close_fds=True,
-                **kw,
-            )
-        self.pid = self.proc.pid
-        self.rfd = self.proc.stdout.fileno()  # type: ignore[union-attr]
-        self.wfd = self.proc.stdin.fileno()  # type: ignore[union-attr]
-        os.set_blocking(self.wfd, False)
-        self.ready_info: dict[str, Any] | None = None
-        self._kill_lock = threading.Lock()
-        self._io_lock = threading.Lock()  # held while a thread reads/writes the pipes
-        self.dead = False
-        self.cells = 0
-
-    # --------------------------------------------------------------- pipes with deadlines
-    def _write_all(self, data: bytes, deadline: float) -> None:
-        view = memoryview(data)
-        while view:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise WorkerDied("timeout")
-            try:
-                _, w, _ = select.select([], [self.wfd], [], left)
-            except (OSError, ValueError) as exc:
-                raise WorkerDied("died", str(exc)) from None
-            if not w:
-                continue
-            try:
-                n = os.write(self.wfd, view)
-            except BlockingIOError:
-                continue
-            except OSError as exc:  # BrokenPipe (or EBADF after kill): the worker is gone
-                raise WorkerDied("died", str(exc)) from None
-            view = view[n:]
-
-    def _read_exact(self, n: int, deadline: float) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise WorkerDied("timeout")
-            try:
-                r, _, _ = select.select([self.rfd], [], [], left)
-                if not r:
-                    continue
-                chunk = os.read(self.rfd, min(n - len(buf), 1 << 20))
-            except (OSError, ValueError) as exc:
-                raise WorkerDied("died", str(exc)) from None
-            if not chunk:
-                raise WorkerDied("died", "end of stream")
-            buf += chunk
-        return bytes(buf)
-
-    def _recv(self, deadline: float) -> dict[str, Any]:
-        (n,) = struct.unpack(">I", self._read_exact(4, deadline))
-        if n > self.max_reply:  # never buffer an unbounded reply from untrusted code
-            raise WorkerDied("garbled", f"reply of {n} bytes exceeds the {self.max_reply}-byte cap")
-        try:
-            msg = json.loads(self._read_exact(n, deadline).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise WorkerDied("garbled", str(exc)) from None
-        if not isinstance(msg, dict):
-            raise WorkerDied("garbled", "reply is not an object")
-        return msg
-
-    # --------------------------------------------------------------- API
-    def wait_ready(self, timeout: float = _STARTUP_TIMEOUT_S) -> None:
-        if self.ready_info is not None:
-            return
-        try:
-            with self._io_lock:
-                msg = self._recv(time.monotonic() + timeout)
-        except WorkerDied as exc:
-            self.kill()
-            raise RuntimeError(f"sandbox worker failed to start ({exc}): {self._boot_log_tail()}") from None
-        if not msg.get("ready"):
-            self.kill()
-            raise RuntimeError(f"sandbox worker failed to start: {msg}")
-        self.ready_info = msg
-
-    def run(self, code: str, timeout: float) -> dict[str, Any]:
-        """Send one cell and return the worker's reply dict; raise WorkerDied otherwise."""
-        self.wait_ready()  # a cold start is the host's cost: it does not eat into the cell's time
-        deadline = time.monotonic() + timeout
-        with self._io_lock:
-            return self._run_locked(code, deadline)
-
-    def _run_locked(self, code: str, deadline: float) -> dict[str, Any]:
-        self.cells += 1
-        data = json.dumps({"id": self.cells, "code": code}).encode("utf-8")
-        try:
-            self._write_all(struct.pack(">I", len(data)) + data, deadline)
-        except WorkerDied as exc:
-            # Dead before it could read the cell (e.g. killed while idle in the pool).
-            raise WorkerDied("unavailable" if exc.kind == "died" and self.cells == 1 else exc.kind) from None
-        reply = self._recv(deadline)
-        if reply.get("id") != self.cells:  # a stale or forged reply: the channel cannot be trusted
-            raise WorkerDied("garbled", "reply id mismatch")
-        return reply
-
-    def alive(self) -> bool:
-        return not self.dead and self.proc.poll() is None
-
-    def exit_description(self) -> tuple[str, bool]:
-        """(why the worker ended, whether it was the CPU limit). Call after it died by itself."""
-        try:
-            rc = self.proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            return "the worker stopped responding", False
-        # bwrap/unshare report a child's death by signal as exit status 128+signal.
-        sig = -rc if rc < 0 else (rc - 128 if rc > 128 else 0)
-        if sig == signal.SIGXCPU:
-            return f"execution exceeded the CPU time limit ({self.cfg.cpu_time_s} s)", True
-        if sig:
-            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-            hint = " (stack overflow from deep recursion?)" if sig == signal.SIGSEGV else ""
-            return f"the Python process was killed by {name}{hint}", False
-        return f"the Python process exited with status {rc}", False
-
-    def kill(self) -> None:
-        """SIGKILL the whole group (with namespaces that ends the pid namespace too); remove the dir."""
-        with self._kill_lock:
-            if self.dead:
-                return  # idempotent: a second killpg could hit a reused pid
-            self.dead = True
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.kill()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            log.warning("sandbox worker %d did not exit after SIGKILL", self.pid)
-        # Close the pipes only once no other thread is inside a read/write on them: closing an
-        # fd under a reader could let the number be reused by an unrelated file. The reader sees
-        # EOF right after the SIGKILL, so this wait is short.
-        if self._io_lock.acquire(timeout=5):
-            try:
-                for f in (self.proc.stdin, self.proc.stdout):
-                    try:
-                        if f is not None:
-                            f.close()
-                    except OSError:
-                        pass
-            finally:
-                self._io_lock.release()
-        shutil.rmtree(self.base, ignore_errors=True)
-
-    def _boot_log_tail(self) -> str:
-        try:
-            with open(self.boot_log, "rb") as f:
-                return f.read()[-2000:].decode("utf-8", "replace")
-        except OSError:
-            return ""
 
 
 class _Session:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.worker: _Worker | None = None
+        self.worker: WorkerProcess | None = None
         self.closed = False
 
 
@@ -260,9 +51,9 @@ class _State:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.closed = False
-        self.pool: list[_Worker] = []
+        self.pool: list[WorkerProcess] = []
         self.sessions: dict[str, _Session] = {}
-        self.starting: set[_Worker] = set()
+        self.starting: set[WorkerProcess] = set()
         self.root = ""
 
 
@@ -300,7 +91,7 @@ class LocalSandbox:
         with open(self._worker_py, "w", encoding="utf-8") as f:
             f.write(src.read_text(encoding="utf-8"))
         os.chmod(self._worker_py, 0o644)
-        self._spawn_q: queue.Queue[Future[_Worker] | None] = queue.Queue()
+        self._spawn_q: queue.Queue[Future[WorkerProcess] | None] = queue.Queue()
         self._spawner = threading.Thread(target=self._spawn_loop, name="sandbox-spawner", daemon=True)
         self._spawner.start()
         # Runs on close(), on garbage collection and at interpreter exit (finalize is atexit-aware).
@@ -311,13 +102,13 @@ class LocalSandbox:
             self._refiller.start()
 
     # ---------------------------------------------------------------- pool
-    def _spawn(self) -> _Worker:
+    def _spawn(self) -> WorkerProcess:
         # bwrap --die-with-parent uses PR_SET_PDEATHSIG, which fires when the *thread* that forked
         # it exits: a worker started from a short-lived executor thread would die with it. So every
         # worker is forked by one long-lived spawner thread that lives as long as the sandbox.
         if threading.current_thread() is self._spawner:
-            return _Worker(self.isolation, self.cfg, self._state.root, self._worker_py)
-        fut: Future[_Worker] = Future()
+            return WorkerProcess(self.isolation, self.cfg, self._state.root, self._worker_py)
+        fut: Future[WorkerProcess] = Future()
         with self._state.lock:
             if self._state.closed:
                 raise RuntimeError("sandbox is closed")
@@ -379,7 +170,7 @@ class LocalSandbox:
                     continue
                 st.pool.append(w)
 
-    def _take_worker(self) -> _Worker:
+    def _take_worker(self) -> WorkerProcess:
         st = self._state
         with st.lock:
             while st.pool:
@@ -467,7 +258,7 @@ class LocalSandbox:
             duration_s=dt,
         )
 
-    def _failure(self, w: _Worker, exc: WorkerDied, dt: float) -> ExecResult:
+    def _failure(self, w: WorkerProcess, exc: WorkerDied, dt: float) -> ExecResult:
         lost = "; the session was restarted and its state (variables, imports) is lost"
         if exc.kind == "timeout":
             msg = f"execution exceeded {self.cfg.timeout_s} s wall time{lost}"
