@@ -17,12 +17,12 @@ from typing import Any
 from agentic_gcpo.ledger import Source
 from agentic_gcpo.tool_calls import JSON_CLOSE, JSON_OPEN, STOP_STRINGS
 
-DEFAULT_SYSTEM = (
-    "You are a careful math assistant. Solve the problem step by step. You can run Python (with "
-    "SymPy) to compute: write the code in a ```python block and its output comes back to you in a "
-    "tool message; variables persist between blocks. When you know the result, write the final "
-    "answer as \\boxed{answer}."
+DEFAULT_SYSTEM = "You are a careful math assistant. Solve the problem step by step."
+PYTHON_HOWTO = (
+    " You can run Python (with SymPy) to compute: write the code in a ```python block and its output "
+    "comes back to you in a tool message; variables persist between blocks."
 )
+ANSWER_HOWTO = " When you know the result, write the final answer as \\boxed{answer}."
 
 # Worked examples shown before the problem when prompt.fewshot > 0. Their tool outputs are what the
 # sandbox prints for the code (tests/test_chat.py checks that against a real sandbox).
@@ -75,7 +75,9 @@ class ChatFormat:
         self.tool_names = set(tools)
         self.template_has_tools = "tools" in tokenizer.chat_template
         self.call_format = call_format
-        self.system = (system or DEFAULT_SYSTEM) + self._tools_text()
+        fenced_python = "python" in tools and call_format in ("fenced", "auto")
+        howto = (PYTHON_HOWTO if fenced_python else "") + ANSWER_HOWTO
+        self.system = (system if system is not None else DEFAULT_SYSTEM + howto) + self._tools_text()
         self.fewshot = fewshot
         # The end-of-turn token first: that is what a golden turn ends with. Others also stop.
         candidates = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>")]
@@ -90,7 +92,8 @@ class ChatFormat:
     # --- the system prompt -------------------------------------------------------------------
     def _tools_text(self) -> str:
         """Documented fallback for templates without `tools=`: schemas + the JSON call format."""
-        json_tools = [t for n, t in self.tools.items() if not (n == "python" and self.call_format == "fenced")]
+        # In 'auto' the python tool is described as fenced blocks (what small models write best).
+        json_tools = [t for n, t in self.tools.items() if not (n == "python" and self.call_format != "json")]
         if not json_tools or self.call_format == "fenced":
             return ""
         schemas = "\n".join(json.dumps(t.schema()["function"]) for t in json_tools)
