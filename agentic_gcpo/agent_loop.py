@@ -113,11 +113,12 @@ class AgentLoop:
             parsed = parse_turn(text, self.chat.call_format, self.chat.tool_names)
             if parsed.ignored_calls:
                 e.traj.parse_errors.append("too_many_calls")
-            if not parsed.has_calls:
-                if c.finish_reason == "length":
-                    self._finish(e, "budget" if room < lim.max_new_tokens_per_turn else "length")
-                else:
-                    self._finish(e, "stop")
+            if c.finish_reason == "length":
+                # Cut off mid-turn: any call in it is unfinished (a closed one would have stopped
+                # generation), so running tools would only spend budget on an error message.
+                self._finish(e, "budget" if room < lim.max_new_tokens_per_turn else "length")
+            elif not parsed.has_calls:
+                self._finish(e, "stop")
             elif e.traj.num_turns >= lim.max_turns:
                 self._finish(e, "max_turns")
             else:

@@ -17,12 +17,12 @@ from typing import Any
 from agentic_gcpo.ledger import Source
 from agentic_gcpo.tool_calls import JSON_CLOSE, JSON_OPEN, STOP_STRINGS
 
-DEFAULT_SYSTEM = "You are a careful math assistant. Solve the problem step by step."
+DEFAULT_SYSTEM = "You are a careful math assistant."
 PYTHON_HOWTO = (
-    " You can run Python (with SymPy) to compute: write the code in a ```python block and its output "
-    "comes back to you in a tool message; variables persist between blocks."
+    " Solve the problem with Python: start with a ```python block that computes the result and prints "
+    "it. Its output comes back to you in a tool message; variables persist between blocks."
 )
-ANSWER_HOWTO = " When you know the result, write the final answer as \\boxed{answer}."
+ANSWER_HOWTO = " Then give the final answer as \\boxed{answer}."
 
 # Worked examples shown before the problem when prompt.fewshot > 0. Their tool outputs are what the
 # sandbox prints for the code (tests/test_chat.py checks that against a real sandbox).
@@ -73,6 +73,7 @@ class ChatFormat:
         self.tok = tokenizer
         self.tools = tools
         self.tool_names = set(tools)
+        # A template that mentions `tools` renders the schemas itself (SmolLM2's does not).
         self.template_has_tools = "tools" in tokenizer.chat_template
         self.call_format = call_format
         fenced_python = "python" in tools and call_format in ("fenced", "auto")
@@ -86,15 +87,21 @@ class ChatFormat:
         for i in candidates:
             if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id and i not in self.eos_ids:
                 self.eos_ids.append(i)
+        if not self.eos_ids:
+            raise ValueError("the tokenizer has no end-of-turn / eos token; generation could never stop")
+        if call_format not in STOP_STRINGS:
+            raise ValueError(f"unknown call_format '{call_format}'; valid: {', '.join(STOP_STRINGS)}")
         self.stop = STOP_STRINGS[call_format]
         self._glue: dict[int, list[str]] = {}
 
     # --- the system prompt -------------------------------------------------------------------
     def _tools_text(self) -> str:
-        """Documented fallback for templates without `tools=`: schemas + the JSON call format."""
+        """Documented fallback for templates without `tools=`: schemas + the JSON call format.
+
+        Templates with tool support get the schemas through `tools=` instead (see _render)."""
         # In 'auto' the python tool is described as fenced blocks (what small models write best).
         json_tools = [t for n, t in self.tools.items() if not (n == "python" and self.call_format != "json")]
-        if not json_tools or self.call_format == "fenced":
+        if not json_tools or self.call_format == "fenced" or self.template_has_tools:
             return ""
         schemas = "\n".join(json.dumps(t.schema()["function"]) for t in json_tools)
         return (
@@ -103,7 +110,11 @@ class ChatFormat:
         )
 
     def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        # Templates that know about tools (Hermes/Qwen style) describe them their own way.
+        tools = [t.schema() for t in self.tools.values()] if self.template_has_tools and self.tools else None
+        return self.tok.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt
+        )
 
     def prompt_messages(self, question: str) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system}]

@@ -55,13 +55,18 @@ class HFEngine(Engine):
         model.eval()
         device = next(model.parameters()).device
         B = len(prompts)
-        T = max(len(p) for p in prompts)
-        ids = torch.full((B, T), self.pad_id, dtype=torch.long, device=device)  # left padded
-        attn = torch.zeros((B, T), dtype=torch.long, device=device)
-        for i, p in enumerate(prompts):
+        # The G rollouts of a problem start from the same prompt: prefill each distinct prompt once
+        # and copy its KV cache, which saves (G-1)/G of the prefill on the first turn.
+        uniq: dict[tuple[int, ...], int] = {}
+        row_src = [uniq.setdefault(tuple(p), len(uniq)) for p in prompts]  # row -> distinct prompt
+        distinct = [list(k) for k in uniq]
+        U, T = len(distinct), max(len(p) for p in prompts)
+        ids = torch.full((U, T), self.pad_id, dtype=torch.long, device=device)  # left padded
+        attn = torch.zeros((U, T), dtype=torch.long, device=device)
+        for i, p in enumerate(distinct):
             ids[i, T - len(p) :] = torch.tensor(p, device=device)
             attn[i, T - len(p) :] = 1
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)  # [B, T] positions ignore the left padding
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)  # [U, T] positions ignore the left padding
 
         gens = []
         for p in params:
@@ -79,8 +84,12 @@ class HFEngine(Engine):
 
         with ctx:
             out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1, :].float()  # [B, V]
-        next_pos = pos[:, -1] + 1  # [B]
+        past, logits = out.past_key_values, out.logits[:, -1, :].float()  # [U, V]
+        next_pos = pos[:, -1] + 1  # [U]
+        if U < B:
+            expand = torch.tensor(row_src, device=device)
+            past.batch_select_indices(expand)
+            logits, attn, next_pos = logits[expand], attn[expand], next_pos[expand]  # [B, ...]
         while alive:
             new_tok = torch.empty(len(alive), dtype=torch.long)
             keep: list[int] = []

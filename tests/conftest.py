@@ -1,0 +1,29 @@
+"""Shared fixtures: the tiny random model with the real SmolLM2 tokenizer, and a real sandbox."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentic_gcpo.sandbox import SandboxConfig, make_sandbox
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, tokenizer): a 2-layer random Llama that speaks SmolLM2's real chat template."""
+    from agentic_gcpo.models import tiny_model
+
+    return tiny_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    box = make_sandbox(SandboxConfig(timeout_s=5.0, pool_size=2))
+    yield box
+    box.close()
+
+
+@pytest.fixture(scope="session")
+def python_tools():
+    from agentic_gcpo.tool_registry import get_tools
+
+    return get_tools(["python"])
