@@ -60,7 +60,9 @@ class AgentLoop:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    def run(self, problems: list[Problem], group_size: int, seed: int = 0, first_group_id: int = 0) -> list[Trajectory]:
+    def run(
+        self, problems: list[Problem], group_size: int, seed: int = 0, first_group_id: int = 0
+    ) -> list[Trajectory]:
         """G rollouts for each problem; trajectories come back grouped, group by group."""
         episodes: list[_Episode] = []
         for gi, prob in enumerate(problems):
@@ -152,7 +154,11 @@ class AgentLoop:
                 r = self.tools[c.name].call(c.arguments, ToolContext(session=e.session, sandbox=self.sandbox))
                 out.append(ToolCallRecord(turn, c.name, c.arguments, r.observation, r.status, r.duration_s))
             except Exception as ex:  # the registry already catches tool errors; this is the last net
-                out.append(ToolCallRecord(turn, c.name, c.arguments, f"Error: {type(ex).__name__}: {ex}", "tool_error"))
+                out.append(
+                    ToolCallRecord(
+                        turn, c.name, c.arguments, f"Error: {type(ex).__name__}: {ex}", "tool_error"
+                    )
+                )
         return out
 
     def _finish(self, e: _Episode, reason: str) -> None:

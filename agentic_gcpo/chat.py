@@ -66,7 +66,12 @@ class ChatFormat:
     """Everything the agent loop needs from a tokenizer + chat template, and nothing else."""
 
     def __init__(
-        self, tokenizer: Any, tools: dict[str, Any], call_format: str = "auto", system: str | None = None, fewshot: int = 0
+        self,
+        tokenizer: Any,
+        tools: dict[str, Any],
+        call_format: str = "auto",
+        system: str | None = None,
+        fewshot: int = 0,
     ) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template; give a model whose tokenizer defines one")
@@ -81,7 +86,9 @@ class ChatFormat:
         self.system = (system if system is not None else DEFAULT_SYSTEM + howto) + self._tools_text()
         self.fewshot = fewshot
         # The end-of-turn token first: that is what a golden turn ends with. Others also stop.
-        candidates = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>")]
+        candidates = [
+            tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>")
+        ]
         candidates.insert(1, tokenizer.eos_token_id)
         self.eos_ids: list[int] = []
         for i in candidates:
@@ -159,7 +166,9 @@ class ChatFormat:
         pieces: list[tuple[list[int], Source]] = []
         for i, obs in enumerate(observations):
             pieces.append((self._encode_template(glue[i]), Source.TEMPLATE))
-            pieces.append((self.tok(obs, add_special_tokens=False, split_special_tokens=True).input_ids, Source.TOOL))
+            pieces.append(
+                (self.tok(obs, add_special_tokens=False, split_special_tokens=True).input_ids, Source.TOOL)
+            )
         pieces.append((self._encode_template(glue[-1]), Source.TEMPLATE))
         return ToolTurn([(ids, src) for ids, src in pieces if ids])
 

@@ -25,8 +25,11 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     print(f"run directory: {trainer.run_dir}", flush=True)
     run_dir = trainer.train()
-    print(f"done. metrics: {run_dir / 'metrics.jsonl'}  samples: {run_dir / 'samples.jsonl'}  "
-          f"final policy: {run_dir / 'checkpoints' / 'final'}", flush=True)
+    print(
+        f"done. metrics: {run_dir / 'metrics.jsonl'}  samples: {run_dir / 'samples.jsonl'}  "
+        f"final policy: {run_dir / 'checkpoints' / 'final'}",
+        flush=True,
+    )
     return 0
 
 

@@ -37,16 +37,21 @@ class ModelConfig(_Section):
 
 
 class EngineConfig(_Section):
-    backend: Literal["hf"] = Field("hf", description="Rollout engine. 'hf' runs transformers in-process (CPU or GPU).")
+    backend: Literal["hf"] = Field(
+        "hf", description="Rollout engine. 'hf' runs transformers in-process (CPU or GPU)."
+    )
     dtype: Literal["float32", "bfloat16"] = Field(
-        "bfloat16", description="Autocast dtype for generation; weights stay fp32 (bf16 weights lose updates)."
+        "bfloat16",
+        description="Autocast dtype for generation; weights stay fp32 (bf16 weights lose updates).",
     )
     max_batch_size: int = Field(32, ge=1, description="Sequences decoded together in one engine call.")
 
 
 class RolloutConfig(_Section):
     group_size: int = Field(8, ge=1, description="G: rollouts per problem.")
-    max_turns: int = Field(4, ge=1, description="Assistant turns before the trajectory ends with 'max_turns'.")
+    max_turns: int = Field(
+        4, ge=1, description="Assistant turns before the trajectory ends with 'max_turns'."
+    )
     max_new_tokens_per_turn: int = Field(256, ge=1, description="Sampling budget for one assistant turn.")
     max_total_tokens: int = Field(1024, ge=16, description="Whole-trajectory budget (prompt + all turns).")
     temperature: float = Field(1.0, ge=0.0, description="0 means greedy.")
@@ -76,7 +81,9 @@ class DataConfig(_Section):
         "builtin:gsm8k_train_500",
         description="Training JSONL: a path, or 'builtin:NAME' for a file shipped in agentic_gcpo/assets/.",
     )
-    format: Literal["gsm8k"] = Field("gsm8k", description="Row shape: gsm8k = question / answer with '#### n'.")
+    format: Literal["gsm8k"] = Field(
+        "gsm8k", description="Row shape: gsm8k = question / answer with '#### n'."
+    )
     limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
     shuffle: bool = Field(True, description="Shuffle problem order each epoch (seeded).")
 
@@ -84,10 +91,13 @@ class DataConfig(_Section):
 class GoldenConfig(_Section):
     enabled: bool = Field(True, description="Inject golden trajectories into all-fail groups (GCPO).")
     source: Literal["reference"] = Field(
-        "reference", description="Where golden trajectories come from: 'reference' builds them from the "
-        "dataset's worked solution (GSM8K <<a*b=c>> annotations become python tool calls)."
+        "reference",
+        description="Where golden trajectories come from: 'reference' builds them from the "
+        "dataset's worked solution (GSM8K <<a*b=c>> annotations become python tool calls).",
     )
-    replace: Literal["last", "first", "longest"] = Field("last", description="Which failed member is replaced.")
+    replace: Literal["last", "first", "longest"] = Field(
+        "last", description="Which failed member is replaced."
+    )
 
 
 class TrainConfig(_Section):
@@ -96,9 +106,13 @@ class TrainConfig(_Section):
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0, description="Max global grad norm.")
-    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward (gradient accumulation).")
+    micro_batch_size: int = Field(
+        8, ge=1, description="Sequences per forward/backward (gradient accumulation)."
+    )
     autocast_bf16: bool = Field(True, description="bf16 autocast for forward passes; fp32 master weights.")
-    checkpoint_every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the end).")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Save a checkpoint every N steps (0: only at the end)."
+    )
     save_final: bool = Field(True, description="Save the final policy to <run>/checkpoints/final.")
     samples_per_step: int = Field(4, ge=0, description="Trajectories written to samples.jsonl each step.")
 
@@ -192,7 +206,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as e:
             raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file '{p}' must hold a mapping of sections, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file '{p}' must hold a mapping of sections, got {type(loaded).__name__}"
+            )
         tree, source = loaded, str(p)
     for item in overrides or []:
         parts, value = parse_override(item)

@@ -74,7 +74,9 @@ def load_problems(path: str | Path, limit: int | None = None, fmt: str = "gsm8k"
     return out
 
 
-def batches(problems: list[Problem], batch_size: int, seed: int, shuffle: bool = True) -> Iterator[list[Problem]]:
+def batches(
+    problems: list[Problem], batch_size: int, seed: int, shuffle: bool = True
+) -> Iterator[list[Problem]]:
     """Endless stream of problem batches; a new seeded permutation each epoch."""
     rng = random.Random(seed)
     while True:

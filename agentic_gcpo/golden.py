@@ -67,7 +67,9 @@ class GoldenStats:
 class GoldenSource:
     """Builds (once per problem, cached) and verifies golden trajectories."""
 
-    def __init__(self, chat: ChatFormat, tools: dict[str, Any], sandbox: Any, verify_timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, chat: ChatFormat, tools: dict[str, Any], sandbox: Any, verify_timeout_s: float = 2.0
+    ) -> None:
         self.chat, self.tools, self.sandbox = chat, tools, sandbox
         self.verify_timeout_s = verify_timeout_s
         self.stats = GoldenStats()
@@ -89,7 +91,9 @@ class GoldenSource:
         else:
             code, final = reference_turns(problem)
             intro = "Let me compute the steps with Python.\n```python\n"
-            turns = [(f"{intro}{code}\n```\n", [{"name": "python", "arguments": {"code": code}}])] if code else []
+            turns = (
+                [(f"{intro}{code}\n```\n", [{"name": "python", "arguments": {"code": code}}])] if code else []
+            )
             turns.append((final, []))
         traj = Trajectory(problem_id=problem.id, group_id=-1, reference=problem.reference, is_golden=True)
         traj.append(self.chat.prompt_ids(problem.question), Source.PROMPT)
@@ -108,7 +112,9 @@ class GoldenSource:
                     if outcome is None:
                         return None
                     observations.append(outcome.observation)
-                    traj.tool_calls.append(ToolCallRecord(k, c["name"], c["arguments"], outcome.observation, outcome.status))
+                    traj.tool_calls.append(
+                        ToolCallRecord(k, c["name"], c["arguments"], outcome.observation, outcome.status)
+                    )
                     if outcome.status != "ok":
                         self.stats.tool_errors += 1
                 for ids_, src in self.chat.tool_turn(observations, ids[-1] if ids else None).pieces:

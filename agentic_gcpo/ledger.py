@@ -102,7 +102,8 @@ class Trajectory:
         d["sampler_logprobs"] = [None if math.isnan(x) else round(x, 5) for x in self.sampler_logprobs]
         if tokenizer is not None:
             d["segments"] = [
-                {"source": Source(src).name.lower(), "text": tokenizer.decode(ids)} for src, ids in self.segments()
+                {"source": Source(src).name.lower(), "text": tokenizer.decode(ids)}
+                for src, ids in self.segments()
             ]
         return d
 

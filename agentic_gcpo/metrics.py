@@ -70,7 +70,14 @@ class Timer:
 class MetricsLogger:
     """metrics.jsonl always; TensorBoard and W&B when asked for (and installed)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False, wandb: bool = False, project: str = "", config: Any = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool = False,
+        wandb: bool = False,
+        project: str = "",
+        config: Any = None,
+    ) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
         self._tb = self._wandb = None
@@ -88,7 +95,9 @@ class MetricsLogger:
             self._wandb = wb.init(project=project, dir=str(run_dir), config=config, name=run_dir.name)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()
+        }
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **clean}) + "\n")
         if self._tb is not None:

@@ -38,7 +38,9 @@ def pack(trajs: list[Trajectory], pad_id: int) -> PackedBatch:
     return PackedBatch(ids, attn, mask[:, 1:], slp[:, 1:])
 
 
-def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, autocast_bf16: bool = True) -> torch.Tensor:
+def token_logprobs(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, autocast_bf16: bool = True
+) -> torch.Tensor:
     """log p(token t+1 | tokens <= t) for every position: [N, T-1], fp32."""
     amp = (
         torch.autocast(input_ids.device.type, dtype=torch.bfloat16)
@@ -46,7 +48,9 @@ def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
         else contextlib.nullcontext()
     )
     with amp:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # [N, T, V]
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).logits  # [N, T, V]
     logits = logits[:, :-1].float()
     targets = input_ids[:, 1:].unsqueeze(-1)
     # log_softmax via logsumexp keeps one [N, T, V] fp32 tensor alive instead of two.

@@ -87,7 +87,9 @@ class StepResult:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path | None = None, model: Any = None, tokenizer: Any = None) -> None:
+    def __init__(
+        self, cfg: Config, run_dir: Path | None = None, model: Any = None, tokenizer: Any = None
+    ) -> None:
         self.cfg = cfg
         torch.manual_seed(cfg.run.seed)
         random.seed(cfg.run.seed)
@@ -102,20 +104,41 @@ class Trainer:
             self.model.gradient_checkpointing_enable()
         self.tools = get_tools(cfg.tools.names, cfg.tools.modules)
         self.sandbox = make_sandbox(cfg.sandbox)
-        self.chat = ChatFormat(tokenizer, self.tools, cfg.prompt.call_format, cfg.prompt.system, cfg.prompt.fewshot)
-        self.engine = make_engine(cfg.engine.backend, model, tokenizer, dtype=cfg.engine.dtype, max_batch_size=cfg.engine.max_batch_size)
+        self.chat = ChatFormat(
+            tokenizer, self.tools, cfg.prompt.call_format, cfg.prompt.system, cfg.prompt.fewshot
+        )
+        self.engine = make_engine(
+            cfg.engine.backend,
+            model,
+            tokenizer,
+            dtype=cfg.engine.dtype,
+            max_batch_size=cfg.engine.max_batch_size,
+        )
         r = cfg.rollout
         self.loop = AgentLoop(
             self.engine,
             self.chat,
             self.tools,
             self.sandbox,
-            LoopLimits(r.max_turns, r.max_new_tokens_per_turn, r.max_total_tokens, r.temperature, r.top_p, r.tool_threads),
+            LoopLimits(
+                r.max_turns,
+                r.max_new_tokens_per_turn,
+                r.max_total_tokens,
+                r.temperature,
+                r.top_p,
+                r.tool_threads,
+            ),
         )
         self.golden = GoldenSource(self.chat, self.tools, self.sandbox)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
         self.logger = MetricsLogger(
-            self.run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project, cfg.model_dump(mode="json")
+            self.run_dir,
+            cfg.log.tensorboard,
+            cfg.log.wandb,
+            cfg.log.wandb_project,
+            cfg.model_dump(mode="json"),
         )
         self.batches = batches(self.problems, cfg.train.prompts_per_step, cfg.run.seed, cfg.data.shuffle)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -150,7 +173,9 @@ class Trainer:
         problems = next(self.batches)
         first_gid = step * len(problems)
         with timer("rollout"):
-            trajs = self.loop.run(problems, cfg.rollout.group_size, seed=cfg.run.seed * 100003 + step, first_group_id=first_gid)
+            trajs = self.loop.run(
+                problems, cfg.rollout.group_size, seed=cfg.run.seed * 100003 + step, first_group_id=first_gid
+            )
         with timer("verify"):
             score(trajs)
         metrics = rollout_metrics(trajs)  # before injection: the policy's own accuracy
@@ -175,9 +200,14 @@ class Trainer:
         num_seqs = len(trajs)
         num_tokens = float(sum(t.num_policy_tokens for t in trajs))
         active = [i for i in range(num_seqs) if adv[i].item() != 0.0 and trajs[i].num_policy_tokens > 0]
-        out: dict[str, float] = {"loss/active_seqs": float(len(active)), "adv/abs_mean": float(adv.abs().mean())}
+        out: dict[str, float] = {
+            "loss/active_seqs": float(len(active)),
+            "adv/abs_mean": float(adv.abs().mean()),
+        }
         if not active:
-            out.update({"loss/policy": 0.0, "loss/grad_norm": 0.0, "loss/clip_frac": 0.0, "loss/skipped": 1.0})
+            out.update(
+                {"loss/policy": 0.0, "loss/grad_norm": 0.0, "loss/clip_frac": 0.0, "loss/skipped": 1.0}
+            )
             return out
         self.model.train()
         active.sort(key=lambda i: len(trajs[i].token_ids))
@@ -187,10 +217,19 @@ class Trainer:
         for k in range(0, len(active), mb):
             idx = active[k : k + mb]
             b = pack([trajs[i] for i in idx], self.pad_id)
-            logp = token_logprobs(self.model, b.input_ids, b.attention_mask, cfg.train.autocast_bf16)  # [n, T-1]
+            logp = token_logprobs(
+                self.model, b.input_ids, b.attention_mask, cfg.train.autocast_bf16
+            )  # [n, T-1]
             old = logp.detach()  # one update per batch: the pre-update policy is the current one
             per_tok, m = self.algo.policy_loss(logp, old, adv[idx], b.loss_mask, cfg.algorithm)
-            loss = aggregate(per_tok, b.loss_mask, self.algo.aggregation, num_seqs=num_seqs, num_tokens=num_tokens, norm_len=cfg.algorithm.dr_grpo_norm_len)
+            loss = aggregate(
+                per_tok,
+                b.loss_mask,
+                self.algo.aggregation,
+                num_seqs=num_seqs,
+                num_tokens=num_tokens,
+                norm_len=cfg.algorithm.dr_grpo_norm_len,
+            )
             loss.backward()
             total += float(loss.detach())
             for key, v in m.items():
@@ -229,7 +268,12 @@ class Trainer:
                 res = self.step(step)
                 self.logger.log(step, res.metrics)
                 if cfg.train.samples_per_step:
-                    self.logger.samples(step, res.trajectories[: cfg.train.samples_per_step] + [t for t in res.trajectories if t.is_golden][:1], self.tok)
+                    self.logger.samples(
+                        step,
+                        res.trajectories[: cfg.train.samples_per_step]
+                        + [t for t in res.trajectories if t.is_golden][:1],
+                        self.tok,
+                    )
                 if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
                     self.save(f"step-{step + 1}")
                 m = res.metrics
@@ -249,7 +293,9 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.close()
-        (self.run_dir / "summary.json").write_text(json.dumps({"run_dir": str(self.run_dir), "steps": cfg.train.steps}))
+        (self.run_dir / "summary.json").write_text(
+            json.dumps({"run_dir": str(self.run_dir), "steps": cfg.train.steps})
+        )
         return self.run_dir
 
     def close(self) -> None:

@@ -36,7 +36,9 @@ class ScriptedEngine(Engine):
             ids = ids[: sp.max_new_tokens]
             full = torch.tensor([p + ids])
             with torch.no_grad():
-                lp = token_logprobs(self.model, full, torch.ones_like(full), autocast_bf16=False)[0, len(p) - 1 :]
+                lp = token_logprobs(self.model, full, torch.ones_like(full), autocast_bf16=False)[
+                    0, len(p) - 1 :
+                ]
             fin = "stop" if len(ids) < sp.max_new_tokens or ids[-1] == self.eos else "length"
             outs.append(Completion(ids, lp.tolist(), fin))
             self.returned.append((list(p), ids))
@@ -58,7 +60,11 @@ PROBLEM = Problem("p1", "What is 6*7?", "42")
 
 
 def test_ids_are_engine_ids_plus_tool_deltas(tiny, sandbox, python_tools):
-    turns = ["Let me compute.\n```python\nx = 6*7\nprint(x)\n```\n", "```python\nprint(x + 1)\n```\n", "So \\boxed{42}."]
+    turns = [
+        "Let me compute.\n```python\nx = 6*7\nprint(x)\n```\n",
+        "```python\nprint(x + 1)\n```\n",
+        "So \\boxed{42}.",
+    ]
     loop, eng, chat = _loop(tiny, sandbox, python_tools, turns, [False, False, True])
     trajs = loop.run([PROBLEM], group_size=2)
     loop.close()
@@ -110,7 +116,9 @@ def test_infinite_loop_code_is_an_observation_not_a_hang(tiny, python_tools):
     from agentic_gcpo.sandbox import SandboxConfig, make_sandbox
 
     with make_sandbox(SandboxConfig(timeout_s=1.0, pool_size=1)) as box:
-        loop, _, _ = _loop(tiny, box, python_tools, ["```python\nwhile True: pass\n```\n", "\\boxed{0}"], [False, True])
+        loop, _, _ = _loop(
+            tiny, box, python_tools, ["```python\nwhile True: pass\n```\n", "\\boxed{0}"], [False, True]
+        )
         (t,) = loop.run([PROBLEM], group_size=1)
         loop.close()
     assert t.tool_calls[0].status == "tool_error" and "Timeout" in t.tool_calls[0].observation
@@ -135,7 +143,9 @@ def test_real_engine_end_to_end(tiny, sandbox, python_tools):
     model, tok = tiny
     chat = ChatFormat(tok, python_tools)
     eng = make_engine("hf", model, tok, dtype="float32")
-    loop = AgentLoop(eng, chat, python_tools, sandbox, LoopLimits(max_new_tokens_per_turn=16, max_total_tokens=512))
+    loop = AgentLoop(
+        eng, chat, python_tools, sandbox, LoopLimits(max_new_tokens_per_turn=16, max_total_tokens=512)
+    )
     trajs = loop.run([PROBLEM, Problem("p2", "What is 1+1?", "2")], group_size=3, seed=1)
     loop.close()
     assert [t.group_id for t in trajs] == [0, 0, 0, 1, 1, 1]

@@ -51,7 +51,9 @@ def test_bad_value_names_the_key(tmp_path):
 
 
 def test_dotted_overrides_are_typed():
-    cfg = load_config(None, ["train.lr=3e-5", "rollout.group_size=4", "tools.names=[python]", "golden.enabled=false"])
+    cfg = load_config(
+        None, ["train.lr=3e-5", "rollout.group_size=4", "tools.names=[python]", "golden.enabled=false"]
+    )
     assert cfg.train.lr == pytest.approx(3e-5)
     assert cfg.rollout.group_size == 4 and cfg.tools.names == ["python"] and cfg.golden.enabled is False
 

@@ -16,7 +16,9 @@ def _engine(tiny, dtype="float32"):
 
 
 def _prompt(tok, text):
-    return tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+    return tok.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+    )
 
 
 def _ids(x):
@@ -27,7 +29,10 @@ def test_logprobs_match_teacher_forced_forward(tiny):
     """The sampler's logprob of every sampled token equals the trainer's fp32 recomputation."""
     model, tok = tiny
     eng = _engine(tiny)
-    prompts = [_ids(_prompt(tok, "What is 2+2?")), _ids(_prompt(tok, "A longer question about apples and pears?"))]
+    prompts = [
+        _ids(_prompt(tok, "What is 2+2?")),
+        _ids(_prompt(tok, "A longer question about apples and pears?")),
+    ]
     outs = eng.generate(prompts, [SamplingParams(12, temperature=1.0, seed=s) for s in (1, 2)])
     for p, o in zip(prompts, outs):
         assert len(o.token_ids) == len(o.logprobs) == 12 and o.finish_reason == "length"
@@ -42,7 +47,9 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(tiny):
     p = _ids(_prompt(tok, "Count to three."))
     other = _ids(_prompt(tok, "Something else entirely, longer prompt here."))
     a = eng.generate([p], [SamplingParams(10, seed=5)])[0]
-    b = eng.generate([other, p, p], [SamplingParams(10, seed=1), SamplingParams(10, seed=5), SamplingParams(10, seed=6)])
+    b = eng.generate(
+        [other, p, p], [SamplingParams(10, seed=1), SamplingParams(10, seed=5), SamplingParams(10, seed=6)]
+    )
     assert a.token_ids == b[1].token_ids  # same seed, different batch company and padding
     assert all(math.isfinite(x) for x in a.logprobs)
 
@@ -65,7 +72,8 @@ def test_stop_token_and_per_row_lengths(tiny):
     greedy = eng.generate([p], [SamplingParams(6, temperature=0)])[0].token_ids
     stop_tok = greedy[2]
     outs = eng.generate(
-        [p, p], [SamplingParams(6, temperature=0, stop_token_ids=[stop_tok]), SamplingParams(3, temperature=0)]
+        [p, p],
+        [SamplingParams(6, temperature=0, stop_token_ids=[stop_tok]), SamplingParams(3, temperature=0)],
     )
     assert outs[0].token_ids == greedy[: greedy.index(stop_tok) + 1] and outs[0].finish_reason == "stop"
     assert outs[0].stop_reason == stop_tok

@@ -80,7 +80,9 @@ def test_golden_is_cached_and_copied(source, rows):
 
 def test_golden_that_fails_verification_is_not_injected(source):
     # A row's own golden message list that reaches a wrong answer is refused and counted.
-    wrong = Problem("w", "What is 2+2?", "4", "", golden=[{"role": "assistant", "content": "It is \\boxed{5}."}])
+    wrong = Problem(
+        "w", "What is 2+2?", "4", "", golden=[{"role": "assistant", "content": "It is \\boxed{5}."}]
+    )
     before = source.stats.verify_failures
     assert source.get(wrong, 0) is None
     assert source.stats.verify_failures == before + 1

@@ -44,7 +44,9 @@ class HFEngine(Engine):
         out: list[Completion | None] = [None] * len(prompts)
         for k in range(0, len(order), self.max_batch_size):
             chunk = order[k : k + self.max_batch_size]
-            for i, c in zip(chunk, self._generate_batch([prompts[i] for i in chunk], [params[i] for i in chunk])):
+            for i, c in zip(
+                chunk, self._generate_batch([prompts[i] for i in chunk], [params[i] for i in chunk])
+            ):
                 out[i] = c
         return out  # type: ignore[return-value]
 
@@ -136,7 +138,9 @@ class HFEngine(Engine):
         return done  # type: ignore[return-value]
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> tuple[int, float]:
+def _sample(
+    logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator
+) -> tuple[int, float]:
     """Sample one token from logits [V]; return it and its log-prob under the tempered softmax.
 
     The logprob is taken before top-p filtering (the convention SGLang uses); with top_p = 1 it is
