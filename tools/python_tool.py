@@ -7,11 +7,16 @@ between calls of one trajectory because every call of that trajectory uses the s
 from agentic_gcpo.tool_registry import ToolContext, ToolResult, tool
 
 
-@tool
+# timeout_s=None: the sandbox already enforces wall/CPU/memory limits and kills the worker; a
+# registry timeout on top would abandon a thread that is still talking to the sandbox.
+@tool(timeout_s=None)
 def python(code: str, ctx: ToolContext) -> ToolResult:
     """Run Python code (SymPy available) and return what it prints and the value of its last line.
 
     Variables persist between calls within one problem.
+
+    Args:
+        code: Python source to run.
     """
     if ctx.sandbox is None:
         return ToolResult("Error: no sandbox is configured for this run", is_error=True)
