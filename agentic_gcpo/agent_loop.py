@@ -166,3 +166,5 @@ class AgentLoop:
         e.state = AgentState.DONE
         if self.sandbox is not None:
             self.sandbox.close_session(e.session)
+        for t in self.tools.values():  # stateful (class) tools free this trajectory's state now
+            t.close_session(e.session)

@@ -22,7 +22,7 @@ PYTHON_HOWTO = (
     " Solve the problem with Python: start with a ```python block that computes the result and prints "
     "it. Its output comes back to you in a tool message; variables persist between blocks."
 )
-ANSWER_HOWTO = " Then give the final answer as \\boxed{answer}."
+ANSWER_HOWTO = " Give the final answer as \\boxed{answer}."
 
 # Worked examples shown before the problem when prompt.fewshot > 0. Their tool outputs are what the
 # sandbox prints for the code (tests/test_chat.py checks that against a real sandbox).

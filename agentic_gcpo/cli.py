@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from agentic_gcpo.config import ConfigError, load_config
+from agentic_gcpo.tools_cli import add_tools_parser
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--config", "-c", help="YAML file under configs/ (defaults when omitted)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=3 rollout.group_size=4")
     t.set_defaults(fn=_train)
+    add_tools_parser(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 

@@ -74,6 +74,10 @@ class ToolsConfig(_Section):
     modules: list[str] = Field(
         default_factory=list, description="Extra modules or .py files to import so their tools register."
     )
+    timeout_s: float = Field(
+        10.0, gt=0, description="Wall limit per call for in-process tools (sandboxed ones have their own)."
+    )
+    max_output_chars: int = Field(4000, gt=0, description="Observations longer than this are cut head+tail.")
 
 
 class DataConfig(_Section):

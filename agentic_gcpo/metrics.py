@@ -41,6 +41,7 @@ def rollout_metrics(trajs: list[Trajectory]) -> dict[str, float]:
     for s in ("malformed", "unknown_tool", "invalid_args", "tool_error"):
         m[f"tools/{s}"] = float(statuses.get(s, 0))
     m["tools/no_call_traj"] = float(sum(c == 0 for c in calls))
+    m["tools/too_many_calls"] = float(sum(e == "too_many_calls" for t in rs for e in t.parse_errors))
     reasons = Counter(t.finish_reason for t in rs)
     for r in FINISH_REASONS:
         m[f"finish/{r}"] = reasons.get(r, 0) / n

@@ -102,7 +102,12 @@ class Trainer:
         self.model, self.tok = model, tokenizer
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
-        self.tools = get_tools(cfg.tools.names, cfg.tools.modules)
+        self.tools = get_tools(
+            cfg.tools.names,
+            cfg.tools.modules,
+            timeout_s=cfg.tools.timeout_s,
+            max_output_chars=cfg.tools.max_output_chars,
+        )
         self.sandbox = make_sandbox(cfg.sandbox)
         self.chat = ChatFormat(
             tokenizer, self.tools, cfg.prompt.call_format, cfg.prompt.system, cfg.prompt.fewshot
