@@ -1,14 +1,24 @@
-"""Adversarial tests of the local sandbox, with real worker processes (no mocks).
+"""Adversarial tests of the sandbox, run against both backends with real workers (no mocks).
 
 Each test runs one hostile or edge-case cell and then checks that the host is unharmed and that a
-new session still works. Isolation-dependent properties (network, NPROC, private filesystem) are
-skipped with the exact reason when this machine cannot provide them; `LocalSandbox.info()` says
-which layers are active.
+new session still works. Every test taking `sb` (or `backend`) runs once per backend: "local"
+(worker processes) and "docker" (one container per worker). Isolation-dependent properties
+(network, NPROC, private filesystem) are skipped with the exact reason when this machine cannot
+provide them; `sb.info()` says which layers are active.
+
+Docker cases skip only when the engine or the image is unavailable, and say which. When the
+`docker` CLI is installed but the daemon is down and we are root, the session fixture starts
+`dockerd` (and stops it at the end); when the image is missing and debootstrap is there, it
+builds it with sandbox/build_image.sh (~1.5 min). So CI only needs `apt-get install -y docker.io
+debootstrap`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +26,9 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -24,11 +36,88 @@ from agentic_gcpo.sandbox import ExecResult, Sandbox, SandboxConfig, make_sandbo
 
 TIMEOUT = 1.0
 CFG = SandboxConfig(timeout_s=TIMEOUT, cpu_time_s=2.0, memory_mb=512, max_output_chars=400, pool_size=3)
+BACKENDS = ["local", "docker"]
+BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "sandbox" / "build_image.sh"
+
+
+def _docker_daemon_error() -> str | None:
+    """None when the docker SDK reaches a daemon, else why not."""
+    from agentic_gcpo.sandbox.docker import DockerUnavailable, connect
+
+    try:
+        connect().close()
+    except DockerUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def _start_dockerd() -> subprocess.Popen[bytes] | None:
+    """Start dockerd when we may (root, binary present); None when we did not start one."""
+    if os.geteuid() != 0 or not shutil.which("dockerd") or os.environ.get("DOCKER_HOST"):
+        return None
+    log = open("/tmp/agcpo-test-dockerd.log", "wb")  # noqa: SIM115 - handed to the daemon
+    proc = subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _docker_daemon_error() is None:
+            return proc
+        time.sleep(0.5)
+    proc.terminate()
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_ready() -> Iterator[None]:
+    """A reachable daemon and the sandbox image, or a skip that says exactly which one is missing."""
+    try:
+        import docker  # noqa: F401 - optional dependency
+    except ImportError:
+        pytest.skip("python package `docker` not installed: pip install 'agentic-gcpo[docker]'")
+    from agentic_gcpo.sandbox.docker import DockerUnavailable, check_image, connect
+
+    started = None
+    err = _docker_daemon_error()
+    if err is not None:
+        started = _start_dockerd()
+        if started is None:
+            hint = "" if shutil.which("dockerd") else " (no dockerd here: apt-get install -y docker.io)"
+            pytest.skip(err + hint)
+    try:
+        client = connect()
+        try:
+            check_image(client, CFG.docker_image)
+        except DockerUnavailable as exc:
+            if os.geteuid() != 0 or not shutil.which("debootstrap"):
+                pytest.skip(f"{exc} (this test run cannot build it: needs root and debootstrap)")
+            out = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=900)
+            if out.returncode != 0:
+                pytest.skip(f"{exc}; building it failed: {(out.stdout + out.stderr)[-1500:]}")
+            check_image(client, CFG.docker_image)
+        client.close()
+        yield
+    finally:
+        if started is not None:  # leave the machine as we found it
+            started.terminate()
+            try:
+                started.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                started.kill()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "docker":
+        request.getfixturevalue("docker_ready")
+    return request.param
+
+
+def _cfg(backend: str, **update: object) -> SandboxConfig:
+    return CFG.model_copy(update={"backend": backend, **update})
 
 
 @pytest.fixture(scope="module")
-def sb():
-    box = make_sandbox(CFG)
+def sb(backend: str) -> Iterator[Sandbox]:
+    box = make_sandbox(_cfg(backend))
     yield box
     box.close()
 
@@ -77,8 +166,21 @@ def test_render_rules():
 def test_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match="nope"):
         SandboxConfig(nope=1)
-    with pytest.raises(NotImplementedError, match="docker"):
-        make_sandbox(SandboxConfig(backend="docker"))
+
+
+def test_docker_unavailable_is_explained():
+    # Whatever this machine lacks (the SDK, the daemon, or this image), the error says what to do.
+    from agentic_gcpo.sandbox import SandboxUnavailable
+
+    cfg = SandboxConfig(backend="docker", docker_image="agentic-gcpo-sandbox:no-such-tag")
+    with pytest.raises(SandboxUnavailable) as ei:
+        make_sandbox(cfg)
+    msg = str(ei.value)
+    assert (
+        "pip install 'agentic-gcpo[docker]'" in msg
+        or ("daemon not reachable" in msg and "dockerd" in msg)
+        or ("agentic-gcpo-sandbox:no-such-tag not built" in msg and "build-image --tag" in msg)
+    ), msg
 
 
 def test_truncate_middle_head_tail():
@@ -263,7 +365,7 @@ def test_kill_parent(sb, info):
 # ----------------------------------------------------------------------------- isolation
 
 
-def test_env_secrets_not_visible(sb, monkeypatch):
+def test_env_secrets_not_visible(sb, backend, monkeypatch):
     secret = "agcpo-fake-secret-" + uuid.uuid4().hex
     monkeypatch.setenv("AGCPO_FAKE_SECRET", secret)
     code = textwrap.dedent("""
@@ -276,7 +378,7 @@ def test_env_secrets_not_visible(sb, monkeypatch):
                 pass
         print(seen)
     """)
-    fresh = make_sandbox(CFG.model_copy(update={"pool_size": 0}))  # workers started after setenv
+    fresh = make_sandbox(_cfg(backend, pool_size=0))  # workers started after setenv
     try:
         r = fresh.execute(code, "s")
     finally:
@@ -353,22 +455,50 @@ def test_thread_safety_concurrent_sessions(sb):
         assert out == ["(no output)"] + [str(i * 2**k) for k in range(1, 6)]
 
 
-def test_no_leaks_after_close():
-    box = make_sandbox(CFG.model_copy(update={"pool_size": 2}))
-    root = box._state.root  # type: ignore[attr-defined]
+def _docker_ids(instance: str) -> list[str]:
+    """Containers (any state) of one DockerSandbox, asked of the daemon itself."""
+    from agentic_gcpo.sandbox.docker import INSTANCE, connect
+
+    client = connect()
+    try:
+        return [c["Id"] for c in client.api.containers(all=True, filters={"label": f"{INSTANCE}={instance}"})]
+    finally:
+        client.close()
+
+
+def _wait_until(cond, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
+def test_no_leaks_after_close(backend):
+    box = make_sandbox(_cfg(backend, pool_size=2))
     for i in range(3):
         box.execute("import subprocess\nsubprocess.Popen(['sleep', '60'])", f"s{i}")
     box.close_session("s0")
-    pids = box.worker_pids()  # type: ignore[attr-defined]
-    assert pids and os.path.isdir(root)
+    if backend == "local":
+        root = box._state.root  # type: ignore[attr-defined]
+        pids = box.worker_pids()  # type: ignore[attr-defined]
+        assert pids and os.path.isdir(root)
+    else:
+        instance = box.instance  # type: ignore[attr-defined]
+        ids = box.container_ids()  # type: ignore[attr-defined]
+        assert len(ids) >= 2 and set(ids) <= set(_docker_ids(instance))
     box.close()
     with pytest.raises(RuntimeError):
         box.execute("1", "s1")
-    time.sleep(0.2)
-    assert not os.path.exists(root)
-    assert not [p for p in pids if _alive(p)]
-    # nothing that the sandbox started survives as a process whose cwd is under its root
-    assert not _procs_under(root)
+    if backend == "local":
+        time.sleep(0.2)
+        assert not os.path.exists(root)
+        assert not [p for p in pids if _alive(p)]
+        # nothing that the sandbox started survives as a process whose cwd is under its root
+        assert not _procs_under(root)
+    else:
+        assert _docker_ids(instance) == []  # close() returns only after the daemon removed them
 
 
 def _procs_under(root: str) -> list[int]:
@@ -384,16 +514,20 @@ def _procs_under(root: str) -> list[int]:
     return found
 
 
-def test_no_leaks_at_interpreter_exit():
-    script = textwrap.dedent("""
+def test_no_leaks_at_interpreter_exit(backend):
+    ident = "sb._state.root, *sb.worker_pids()" if backend == "local" else "sb.instance"
+    script = textwrap.dedent(f"""
         from agentic_gcpo.sandbox import SandboxConfig, make_sandbox
-        sb = make_sandbox(SandboxConfig(pool_size=2))
+        sb = make_sandbox(SandboxConfig(backend={backend!r}, pool_size=2))
         sb.execute("import subprocess\\nsubprocess.Popen(['sleep', '60'])", "s")
-        print(sb._state.root, *sb.worker_pids())
+        print({ident})
         # no close(): the atexit finalizer must clean up
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+    if backend == "docker":
+        assert _docker_ids(out.stdout.strip()) == []
+        return
     root, *pids = out.stdout.split()
     time.sleep(0.2)
     assert not os.path.exists(root)
@@ -429,11 +563,78 @@ def test_session_survives_exit_of_the_thread_that_started_it(sb):
     sb.close_session("thread-exit")
 
 
-def test_cpu_limit_per_cell():
+def test_cpu_limit_per_cell(backend):
     # Wall limit generous, CPU limit tight: RLIMIT_CPU (whole seconds, re-armed per cell) fires first.
-    with make_sandbox(SandboxConfig(pool_size=0, timeout_s=8, cpu_time_s=1)) as box:
+    with make_sandbox(SandboxConfig(backend=backend, pool_size=0, timeout_s=8, cpu_time_s=1)) as box:
         box.execute("1", "s")
         r = box.execute("while True:\n    pass", "s")
         assert r.timed_out and "CPU time" in (r.error or "") and r.duration_s < 4
         for _ in range(3):  # many short cells must not add up to the per-cell limit
             assert box.execute("sum(range(10**6))", "s").ok
+
+
+def test_detach_key_bytes_in_the_stream(sb):
+    # A message of 0x1011 bytes has ctrl-p ctrl-q (docker's default detach keys) in its length
+    # prefix; an attached container would be cut off. Harmless locally, fatal if docker scanned it.
+    base = len(json.dumps({"id": 1, "code": "x = ''\nlen(x)"}))
+    code = "x = '" + "a" * (0x1011 - base) + "'\nlen(x)"
+    assert len(json.dumps({"id": 1, "code": code})) == 0x1011
+    assert sb.execute(code, "detach").value == str(0x1011 - base)
+    assert sb.execute("x[:3]", "detach").value == "'aaa'"  # same worker, stream still in sync
+    sb.close_session("detach")
+
+
+# ----------------------------------------------------------------------------- docker only
+
+
+def test_docker_container_hardening(docker_ready):
+    code = textwrap.dedent("""
+        import os
+        status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines() if ':' in l)
+        mounts = {l.split()[1]: l.split() for l in open('/proc/self/mounts')}
+        rootfs = mounts['/'][3].split(',')[0] + '-' + mounts['/work'][2] + '-' + mounts['/tmp'][2]
+        open('/work/f', 'w').write('x')
+        print(os.getuid(), os.getgid(), status['CapEff'].strip(), status['NoNewPrivs'].strip(),
+              rootfs, sorted(os.listdir('/sys/class/net')), os.getcwd(), sorted(os.environ))
+    """)
+    with make_sandbox(_cfg("docker", pool_size=0)) as box:
+        r = box.execute(code, "s")
+    assert r.ok, r
+    assert r.stdout.split(maxsplit=5)[:5] == ["65534", "65534", "0000000000000000", "1", "ro-tmpfs-tmpfs"]
+    from agentic_gcpo.sandbox.isolation import minimal_env
+
+    # The environment is built from scratch (docker itself adds only HOSTNAME, the container's).
+    env = sorted([*minimal_env("/work"), "HOSTNAME"])
+    assert r.stdout.split(maxsplit=5)[5].strip() == f"['lo'] /work {env}", r.stdout
+
+
+def test_docker_owner_killed_leaves_nothing(docker_ready):
+    """SIGKILL the owner: idle containers exit on stdin EOF; a busy one is reaped by the next run."""
+    from agentic_gcpo.sandbox.docker import connect, reap_orphans
+
+    script = textwrap.dedent("""
+        import sys, threading, time
+        from agentic_gcpo.sandbox import SandboxConfig, make_sandbox
+        sb = make_sandbox(SandboxConfig(backend="docker", pool_size=1, timeout_s=600))
+        sb.execute("1", "idle")
+        threading.Thread(target=sb.execute, args=("while True:\\n    pass", "busy"), daemon=True).start()
+        time.sleep(1.5)
+        print(sb.instance, flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        instance = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        assert instance, "child did not start its sandbox"
+        assert len(_docker_ids(instance)) >= 2
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # The idle session and the pool worker read EOF and are auto-removed; only the busy one stays.
+    assert _wait_until(lambda: len(_docker_ids(instance)) <= 1), _docker_ids(instance)
+    client = connect()
+    try:
+        reap_orphans(client)
+    finally:
+        client.close()
+    assert _wait_until(lambda: _docker_ids(instance) == [])

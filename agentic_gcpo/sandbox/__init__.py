@@ -1,8 +1,15 @@
-"""Sandboxed execution of model-written Python (see base.py for the contract, local.py for the backend)."""
+"""Sandboxed execution of model-written Python.
+
+base.py: the contract; pool.py: sessions and the warm pool; local.py / docker.py: the backends.
+"""
 
 from __future__ import annotations
 
 from .base import ExecResult, Sandbox, SandboxConfig, truncate_middle
+
+
+class SandboxUnavailable(RuntimeError):
+    """A backend cannot run on this machine; the message says why and what to do."""
 
 
 def make_sandbox(cfg: SandboxConfig) -> Sandbox:
@@ -12,12 +19,11 @@ def make_sandbox(cfg: SandboxConfig) -> Sandbox:
 
         return LocalSandbox(cfg)
     if cfg.backend == "docker":
-        raise NotImplementedError(
-            "sandbox backend 'docker' is not implemented yet: it needs the Docker backend module "
-            "(agentic_gcpo/sandbox/docker.py), the `docker` Python package (pip install 'agentic-gcpo[docker]'), "
-            "a running Docker engine and a locally built sandbox image; use backend='local' meanwhile"
-        )
+        # Imported lazily: the `docker` package is an optional dependency (agentic-gcpo[docker]).
+        from .docker import DockerSandbox
+
+        return DockerSandbox(cfg)
     raise ValueError(f"unknown sandbox backend {cfg.backend!r}; valid: 'local', 'docker'")
 
 
-__all__ = ["ExecResult", "Sandbox", "SandboxConfig", "make_sandbox", "truncate_middle"]
+__all__ = ["ExecResult", "Sandbox", "SandboxConfig", "SandboxUnavailable", "make_sandbox", "truncate_middle"]

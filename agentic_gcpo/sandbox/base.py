@@ -37,6 +37,14 @@ class SandboxConfig(BaseModel):
         description="'namespaces': require user/net/pid namespaces (no network); 'auto': use them when "
         "the machine allows, else rlimits only with a warning; 'none': rlimits only.",
     )
+    docker_image: str = Field(
+        "agentic-gcpo-sandbox:latest",
+        description="Image the 'docker' backend runs; build it with `agentic-gcpo sandbox build-image`.",
+    )
+    docker_cpus: float = Field(1.0, gt=0, description="CPUs one sandbox container may use (docker --cpus).")
+    docker_tmpfs_mb: int = Field(
+        64, gt=0, description="Size of each container's writable tmpfs (/work and /tmp), in MiB."
+    )
 
 
 def truncate_middle(text: str, limit: int) -> tuple[str, bool]:
