@@ -83,20 +83,33 @@ def _clean_phrase(x: str) -> str:
     return x.strip().rstrip(".").strip("*").strip()
 
 
-def extract_answer(text: str) -> str | None:
+EXTRACT_MODES = ("boxed", "answer_is", "gsm8k", "last_number")
+
+
+def extract_answer(text: str, modes: tuple[str, ...] | list[str] = EXTRACT_MODES) -> str | None:
+    """The final answer by the first mode (in the order given) that finds one; None if none does."""
     if not isinstance(text, str) or not text:
         return None
+    unknown = [m for m in modes if m not in EXTRACT_MODES]
+    if unknown:
+        raise ValueError(f"unknown extraction mode(s) {unknown}; valid: {', '.join(EXTRACT_MODES)}")
     text = text[-MAX_TEXT_CHARS:]
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
-    for pattern in (_ANSWER_RE, _GSM_RE):
-        for m in reversed(list(pattern.finditer(text))):
-            phrase = _clean_phrase(m.group(1))
-            if phrase:
-                return phrase
-    numbers = _NUMBER_RE.findall(text)
-    return numbers[-1] if numbers else None
+    for mode in modes:
+        if mode == "boxed":
+            boxed = last_boxed(text)
+            if boxed is not None:
+                return boxed
+        elif mode == "last_number":
+            numbers = _NUMBER_RE.findall(text)
+            if numbers:
+                return numbers[-1]
+        else:
+            pattern = _ANSWER_RE if mode == "answer_is" else _GSM_RE
+            for m in reversed(list(pattern.finditer(text))):
+                phrase = _clean_phrase(m.group(1))
+                if phrase:
+                    return phrase
+    return None
 
 
 def reference_answer(ref: str) -> str:
@@ -190,6 +203,10 @@ def latex_to_plain(s: str, depth: int = 0) -> str:
                     out.append(f"sqrt({body})")
                 else:
                     out.append(f"(({body})^(1/({latex_to_plain(index, depth + 1)})))")
+            elif name in ("binom", "dbinom", "tbinom", "choose"):
+                a, i = _arg(s, i)
+                b, i = _arg(s, i)
+                out.append(f" binomial({latex_to_plain(a, depth + 1)}, {latex_to_plain(b, depth + 1)})")
             elif name in _TEXT:
                 a, i = _arg(s, i)
                 out.append(f" {latex_to_plain(a, depth + 1)} ")
@@ -263,6 +280,22 @@ def _strip_units(s: str) -> str:
     return " ".join(tokens)
 
 
+_MIXED = re.compile(r"(?<![\d.}^_])(\d+)\s*\\[dt]?frac\s*\{\s*(\d+)\s*\}\s*\{\s*(\d+)\s*\}")
+_PM = re.compile(r"\\pm|\u00b1")
+
+
+def _expand_pm(s: str) -> str:
+    """'a \\pm b' -> 'a+(b), a-(b)' (a set of two answers); only a single top-level \\pm."""
+    found = list(_PM.finditer(s))
+    if len(found) != 1:
+        return s
+    m = found[0]
+    left, right = s[: m.start()].strip(), s[m.end() :].strip()
+    if not right or "," in s or "=" in s:
+        return s
+    return f"{left}+({right}), {left}-({right})" if left else f"{right}, -({right})"
+
+
 def prepare(s: str) -> str:
     """Plain ASCII form of a whole answer (before splitting tuples/sets); ValueError if unreadable."""
     if len(s) > MAX_ANSWER_CHARS:
@@ -275,9 +308,19 @@ def prepare(s: str) -> str:
     if boxed is not None:
         s = boxed
     s = s.replace("{,}", "")  # European LaTeX thousands separator
+    # A whole number written right before a numeric fraction is a mixed number (MATH writes
+    # 3\frac{1}{2} for 7/2); a product would be written with \cdot or \times.
+    s = _MIXED.sub(lambda m: f"({m.group(1)}+{m.group(2)}/{m.group(3)})", s)
+    s = _expand_pm(s)
     s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
     s = re.sub(r"\\[()\[\]]", " ", s)  # \( \) \[ \] math delimiters
     s = latex_to_plain(s)
+    s = re.sub(r"([A-Za-z])\s+\^", r"\1^", s)  # "\text{cm}^2" -> "cm^(2)": one unit word to strip
+    # "1 200" groups thousands with a space (SI style); any other "2 3" is not one answer (SymPy
+    # would read it as 2*3), so it is refused rather than multiplied.
+    s = re.sub(r"(?<![\d.])\d{1,3}(?: \d{3})+(?![\d.])", lambda m: m.group(0).replace(" ", ""), s)
+    if re.search(r"\d\s+\d", s):
+        raise ValueError("two numbers side by side")
     s = re.sub(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d])", lambda m: m.group(1).replace(",", ""), s)
     s = re.sub(r"\s+", " ", s).strip().rstrip(".;").strip()
     if not s:
@@ -296,7 +339,9 @@ def finish(s: str) -> str:
     s = _strip_units(s).strip().rstrip(".").strip()
     if not s:
         raise ValueError("empty answer")
-    return s
+    # A one-letter name before "(" is a product, x(x+1), not a call: SymPy would read a call, which
+    # the helper's allow-list refuses. (Function names are longer: sin(, log(, sqrt(.)
+    return re.sub(r"(?<![A-Za-z_])([A-Za-z])\s*\(", r"\1*(", s)
 
 
 def split_structure(s: str) -> tuple[str, list[str]]:
