@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from agentic_gcpo.config import ConfigError, load_config
+from agentic_gcpo.sandbox.cli import add_sandbox_parser
 from agentic_gcpo.tools_cli import add_tools_parser
 
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=3 rollout.group_size=4")
     t.set_defaults(fn=_train)
     add_tools_parser(sub)
+    add_sandbox_parser(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 

@@ -39,19 +39,42 @@ def pack(trajs: list[Trajectory], pad_id: int) -> PackedBatch:
 
 
 def token_logprobs(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, autocast_bf16: bool = True
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    autocast_bf16: bool = True,
+    only: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """log p(token t+1 | tokens <= t) for every position: [N, T-1], fp32."""
+    """log p(token t+1 | tokens <= t) for every position: [N, T-1], fp32.
+
+    `only` ([N, T-1] bool/0-1): compute the vocabulary projection just at those positions (the
+    loss_mask) and return 0 elsewhere. The [N, T, V] logits of prompt and tool positions are most
+    of the memory of a training step on a 49k-token vocabulary, and nothing uses them.
+    """
     amp = (
         torch.autocast(input_ids.device.type, dtype=torch.bfloat16)
         if autocast_bf16
         else contextlib.nullcontext()
     )
+    targets = input_ids[:, 1:]  # [N, T-1]
+    head = model.get_output_embeddings()
+    if only is None or head is None or getattr(model.config, "final_logit_softcapping", None):
+        with amp:
+            logits = model(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            ).logits  # [N, T, V]
+        logits = logits[:, :-1].float()
+        # log_softmax via logsumexp keeps one [N, T, V] fp32 tensor alive instead of two.
+        lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        return lp if only is None else lp * only.to(lp.dtype)
+    sel = only.bool()  # [N, T-1]
     with amp:
-        logits = model(
+        hidden = model.base_model(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).logits  # [N, T, V]
-    logits = logits[:, :-1].float()
-    targets = input_ids[:, 1:].unsqueeze(-1)
-    # log_softmax via logsumexp keeps one [N, T, V] fp32 tensor alive instead of two.
-    return logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        ).last_hidden_state
+        logits = head(hidden[:, :-1][sel]).float()  # [M, V], M = selected positions
+    picked = logits.gather(-1, targets[sel].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(
+        logits, dim=-1
+    )  # [M]
+    out = torch.zeros(sel.shape, dtype=picked.dtype, device=picked.device)
+    return out.masked_scatter(sel, picked)

@@ -108,3 +108,17 @@ def test_unknown_backend_lists_valid(tiny):
     model, tok = tiny
     with pytest.raises(ValueError, match="valid: hf"):
         make_engine("tgi", model, tok)
+
+
+def test_selective_logprobs_equal_full_ones(tiny):
+    """The trainer projects only loss_mask positions onto the vocabulary; values and grads must match."""
+    model, _ = tiny
+    ids = torch.randint(3, 1000, (3, 12))
+    attn = torch.ones_like(ids)
+    only = (torch.rand(3, 11) > 0.5).float()
+    full = token_logprobs(model, ids, attn, autocast_bf16=False)
+    sel = token_logprobs(model, ids, attn, autocast_bf16=False, only=only)
+    assert torch.allclose(sel, full * only, atol=1e-5)
+    g_full = torch.autograd.grad((full * only).sum(), model.lm_head.weight)[0]
+    g_sel = torch.autograd.grad(sel.sum(), model.lm_head.weight)[0]
+    assert torch.allclose(g_full, g_sel, atol=1e-5)
