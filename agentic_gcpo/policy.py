@@ -44,13 +44,17 @@ def token_logprobs(
     attention_mask: torch.Tensor,
     autocast_bf16: bool = True,
     only: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """log p(token t+1 | tokens <= t) for every position: [N, T-1], fp32.
 
     `only` ([N, T-1] bool/0-1): compute the vocabulary projection just at those positions (the
     loss_mask) and return 0 elsewhere. The [N, T, V] logits of prompt and tool positions are most
     of the memory of a training step on a 49k-token vocabulary, and nothing uses them.
+    `temperature`: the sampler's; the policy being trained is the tempered distribution the
+    rollouts came from (as in verl and TRL), so its log-probs and the engine's agree.
     """
+    inv_t = 1.0 / temperature if temperature > 0 else 1.0
     amp = (
         torch.autocast(input_ids.device.type, dtype=torch.bfloat16)
         if autocast_bf16
@@ -63,7 +67,7 @@ def token_logprobs(
             logits = model(
                 input_ids=input_ids, attention_mask=attention_mask, use_cache=False
             ).logits  # [N, T, V]
-        logits = logits[:, :-1].float()
+        logits = logits[:, :-1].float() * inv_t
         # log_softmax via logsumexp keeps one [N, T, V] fp32 tensor alive instead of two.
         lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         return lp if only is None else lp * only.to(lp.dtype)
@@ -72,7 +76,7 @@ def token_logprobs(
         hidden = model.base_model(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state
-        logits = head(hidden[:, :-1][sel]).float()  # [M, V], M = selected positions
+        logits = head(hidden[:, :-1][sel]).float() * inv_t  # [M, V], M = selected positions
     picked = logits.gather(-1, targets[sel].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(
         logits, dim=-1
     )  # [M]

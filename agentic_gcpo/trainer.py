@@ -223,7 +223,12 @@ class Trainer:
             idx = active[k : k + mb]
             b = pack([trajs[i] for i in idx], self.pad_id)
             logp = token_logprobs(
-                self.model, b.input_ids, b.attention_mask, cfg.train.autocast_bf16, only=b.loss_mask
+                self.model,
+                b.input_ids,
+                b.attention_mask,
+                cfg.train.autocast_bf16,
+                only=b.loss_mask,
+                temperature=cfg.rollout.temperature,
             )  # [n, T-1], 0 where loss_mask is 0
             old = logp.detach()  # one update per batch: the pre-update policy is the current one
             per_tok, m = self.algo.policy_loss(logp, old, adv[idx], b.loss_mask, cfg.algorithm)

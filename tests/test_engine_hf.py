@@ -122,3 +122,15 @@ def test_selective_logprobs_equal_full_ones(tiny):
     g_full = torch.autograd.grad((full * only).sum(), model.lm_head.weight)[0]
     g_sel = torch.autograd.grad(sel.sum(), model.lm_head.weight)[0]
     assert torch.allclose(g_full, g_sel, atol=1e-5)
+
+
+def test_tempered_logprobs_match_the_sampler(tiny):
+    model, tok = tiny
+    eng = _engine(tiny)
+    p = _ids(_prompt(tok, "Temperature check"))
+    o = eng.generate([p], [SamplingParams(8, temperature=0.7, seed=3)])[0]
+    ids = torch.tensor([p + o.token_ids])
+    only = torch.zeros(1, ids.shape[1] - 1)
+    only[0, len(p) - 1 :] = 1
+    lp = token_logprobs(model, ids, torch.ones_like(ids), autocast_bf16=False, only=only, temperature=0.7)
+    assert torch.allclose(lp[0, len(p) - 1 :], torch.tensor(o.logprobs), atol=1e-4)
