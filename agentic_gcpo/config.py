@@ -85,11 +85,28 @@ class DataConfig(_Section):
         "builtin:gsm8k_train_500",
         description="Training JSONL: a path, or 'builtin:NAME' for a file shipped in agentic_gcpo/assets/.",
     )
-    format: Literal["gsm8k"] = Field(
-        "gsm8k", description="Row shape: gsm8k = question / answer with '#### n'."
+    format: Literal["gsm8k", "math", "aime", "svamp", "generic"] = Field(
+        "gsm8k",
+        description="Row shape: gsm8k (question / answer with '#### n'), math (problem / solution with "
+        "\\boxed{} or answer), aime (question / answer), svamp (Body + Question / Answer), generic (prompt / answer).",
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map roles (question, answer, solution, body, id) to other column names.",
     )
     limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
     shuffle: bool = Field(True, description="Shuffle problem order each epoch (seeded).")
+
+
+class EvalConfig(_Section):
+    path: str | None = Field(None, description="Held-out JSONL evaluated during training (None: no eval).")
+    format: Literal["gsm8k", "math", "aime", "svamp", "generic"] = Field("gsm8k", description="Row shape.")
+    limit: int = Field(64, ge=1, description="First N held-out problems (same ones every time).")
+    every: int = Field(
+        0, ge=0, description="Evaluate before training, every N steps and at the end (0: never)."
+    )
+    k: int = Field(1, ge=1, description="Samples per problem (pass@k).")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy.")
 
 
 class GoldenConfig(_Section):
@@ -139,6 +156,7 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     golden: GoldenConfig = Field(default_factory=GoldenConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

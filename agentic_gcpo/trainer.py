@@ -28,6 +28,7 @@ from agentic_gcpo.chat import ChatFormat
 from agentic_gcpo.config import Config, save_config
 from agentic_gcpo.data import Problem, batches, load_problems
 from agentic_gcpo.engines import make_engine
+from agentic_gcpo.evaluate import eval_metrics
 from agentic_gcpo.golden import GoldenSource
 from agentic_gcpo.ledger import Trajectory
 from agentic_gcpo.metrics import MetricsLogger, Timer, rollout_metrics
@@ -96,7 +97,14 @@ class Trainer:
         self.run_dir = run_dir or make_run_dir(cfg)
         save_config(cfg, self.run_dir / "config.yaml")
         self.algo = get_algorithm(cfg.algorithm.name)
-        self.problems = load_problems(resolve_data_path(cfg.data.path), cfg.data.limit, cfg.data.format)
+        self.problems = load_problems(
+            resolve_data_path(cfg.data.path), cfg.data.limit, cfg.data.format, cfg.data.fields
+        )
+        self.eval_problems = (
+            load_problems(resolve_data_path(cfg.eval.path), cfg.eval.limit, cfg.eval.format)
+            if cfg.eval.path and cfg.eval.every
+            else []
+        )
         if model is None:
             model, tokenizer = build_model(cfg.model.path)
         self.model, self.tok = model, tokenizer
@@ -258,6 +266,18 @@ class Trainer:
         out["rollout/logprob_abs_diff"] = diffs / n_diff if n_diff else 0.0
         return out
 
+    def evaluate(self) -> dict[str, float]:
+        """Held-out accuracy and tool use of the current policy (same engine, tools and sandbox)."""
+        if not self.eval_problems:
+            return {}
+        e, r = self.cfg.eval, self.cfg.rollout
+        limits = LoopLimits(
+            r.max_turns, r.max_new_tokens_per_turn, r.max_total_tokens, e.temperature, 1.0, r.tool_threads
+        )
+        return eval_metrics(
+            self.engine, self.chat, self.tools, self.sandbox, self.eval_problems, limits, k=e.k, seed=0
+        )
+
     # --- the run -----------------------------------------------------------------------------
     def save(self, name: str) -> Path:
         d = self.run_dir / "checkpoints" / name
@@ -274,12 +294,18 @@ class Trainer:
 
             bar = tqdm(steps, desc="train", unit="step", dynamic_ncols=True)
         try:
+            if cfg.eval.every:  # the starting point; eval rows share metrics.jsonl, keys eval/*
+                self.logger.log(0, self.evaluate())
             for step in steps:
                 res = self.step(step)
-                self.logger.log(step, res.metrics)
+                self.logger.log(step + 1, res.metrics)  # `step` in metrics.jsonl = updates done
+                if cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or step + 1 == cfg.train.steps):
+                    ev = self.evaluate()
+                    self.logger.log(step + 1, ev)
+                    res.metrics.update(ev)
                 if cfg.train.samples_per_step:
                     self.logger.samples(
-                        step,
+                        step + 1,
                         res.trajectories[: cfg.train.samples_per_step]
                         + [t for t in res.trajectories if t.is_golden][:1],
                         self.tok,
@@ -292,6 +318,8 @@ class Trainer:
                     f"injected {m.get('gcpo/injected_frac', 0):.2f} | loss {m.get('loss/policy', 0):+.4f} | "
                     f"{m.get('time/step_s', 0):.0f}s"
                 )
+                if "eval/pass@1" in m:
+                    summary += f" | held-out pass@1 {m['eval/pass@1']:.3f}"
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(summary)

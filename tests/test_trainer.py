@@ -122,3 +122,15 @@ def test_cli_reports_bad_inputs_clearly(tmp_path, capsys):
         == 2
     )
     assert "known tools" in capsys.readouterr().err
+
+
+def test_in_training_eval_rows(tmp_path):
+    cfg = _cfg(
+        tmp_path, "eval.path=builtin:gsm8k_heldout_64", "eval.limit=2", "eval.every=1", "rollout.max_turns=1"
+    )
+    run = Trainer(cfg).train()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/pass@1" in r]
+    train = [r for r in rows if "reward/mean" in r]
+    assert [r["step"] for r in evals] == [0, 1, 2] and [r["step"] for r in train] == [1, 2]
+    assert all(0.0 <= r["eval/pass@1"] <= 1.0 and "eval/tools/calls_per_traj" in r for r in evals)
