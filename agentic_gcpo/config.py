@@ -127,6 +127,9 @@ class TrainConfig(_Section):
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0, description="Max global grad norm.")
+    max_sampling_rounds: int = Field(
+        3, ge=1, description="Cap on prompt rounds per update when the algorithm asks for more (DAPO, GPG)."
+    )
     micro_batch_size: int = Field(
         8, ge=1, description="Sequences per forward/backward (gradient accumulation)."
     )

@@ -155,10 +155,15 @@ class Trainer:
         )
         self.batches = batches(self.problems, cfg.train.prompts_per_step, cfg.run.seed, cfg.data.shuffle)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._next_gid = 0  # group ids stay unique across steps and sampling rounds
 
     # --- one step ----------------------------------------------------------------------------
-    def inject(self, trajs: list[Trajectory], problems: list[Problem], first_gid: int) -> dict[str, float]:
-        """GCPO: a verified golden replaces one member of each group in which every rollout failed."""
+    def inject(
+        self, trajs: list[Trajectory], problems: list[Problem], first_gid: int
+    ) -> tuple[int, int, int]:
+        """GCPO: a verified golden replaces one member of each group in which every rollout failed.
+
+        Returns (injected, all-fail groups, goldens refused by the verifier)."""
         cfg = self.cfg
         G = cfg.rollout.group_size
         injected = candidates = 0
@@ -174,30 +179,68 @@ class Trainer:
                     continue
                 trajs[gi * G + pick_member(group, cfg.golden.replace)] = g
                 injected += 1
-        return {
-            "gcpo/injected_frac": injected / max(1, len(problems)),
-            "gcpo/injected": float(injected),
-            "gcpo/all_fail_groups": float(candidates),
-            "gcpo/golden_verify_failures": float(self.golden.stats.verify_failures - failures_before),
-        }
+        return injected, candidates, self.golden.stats.verify_failures - failures_before
+
+    def sample(self, step: int, timer: Timer) -> tuple[list[Trajectory], dict[str, float]]:
+        """Rollouts for one update: one round of prompts, more while the algorithm asks (DAPO, GPG)."""
+        cfg, algo = self.cfg, self.algo
+        G, target = cfg.rollout.group_size, cfg.train.prompts_per_step
+        batch: list[Trajectory] = []
+        own: list[Trajectory] = []  # the policy's rollouts, before injection or filtering
+        n_problems = injected = candidates = refused = dropped = rounds = 0
+        while True:
+            problems = next(self.batches)
+            first_gid, self._next_gid = self._next_gid, self._next_gid + len(problems)
+            with timer("rollout"):
+                seed = (cfg.run.seed * 100003 + step) * 101 + rounds
+                new = self.loop.run(problems, G, seed=seed, first_group_id=first_gid)
+            with timer("verify"):
+                score(new)
+            own += new
+            with timer("golden"):
+                i, c, r = self.inject(new, problems, first_gid)
+            n_problems, injected, candidates, refused = (
+                n_problems + len(problems),
+                injected + i,
+                candidates + c,
+                refused + r,
+            )
+            if algo.drop_degenerate_groups:
+                groups = [new[k : k + G] for k in range(0, len(new), G)]
+                kept = [g for g in groups if len({t.reward for t in g}) > 1]
+                dropped += len(groups) - len(kept)
+                new = [t for g in kept for t in g]
+            batch += new
+            rounds += 1
+            if algo.needs_more is None or rounds >= cfg.train.max_sampling_rounds:
+                break
+            rewards = torch.tensor([t.reward for t in batch], dtype=torch.float32)
+            gids = torch.tensor([t.group_id for t in batch], dtype=torch.long)
+            if not algo.needs_more(rewards, gids, cfg.algorithm, target):
+                break
+        if algo.drop_degenerate_groups:
+            batch = batch[: target * G]  # a full batch of informative groups, as DAPO trims
+        metrics = rollout_metrics(own)
+        metrics.update(
+            {
+                "gcpo/injected_frac": injected / max(1, n_problems),
+                "gcpo/injected": float(injected),
+                "gcpo/all_fail_groups": float(candidates),
+                "gcpo/golden_verify_failures": float(refused),
+                "sampling/rounds": float(rounds),
+                "sampling/dropped_groups": float(dropped),
+                "sampling/train_seqs": float(len(batch)),
+            }
+        )
+        return batch, metrics
 
     def step(self, step: int) -> StepResult:
-        cfg, timer = self.cfg, Timer()
-        problems = next(self.batches)
-        first_gid = step * len(problems)
-        with timer("rollout"):
-            trajs = self.loop.run(
-                problems, cfg.rollout.group_size, seed=cfg.run.seed * 100003 + step, first_group_id=first_gid
-            )
-        with timer("verify"):
-            score(trajs)
-        metrics = rollout_metrics(trajs)  # before injection: the policy's own accuracy
-        with timer("golden"):
-            metrics.update(self.inject(trajs, problems, first_gid))
+        timer = Timer()
+        trajs, metrics = self.sample(step, timer)
         for t in trajs:
             t.check()
         with timer("train"):
-            metrics.update(self.update(trajs))
+            metrics.update(self.update(trajs) if trajs else {"loss/skipped": 1.0, "loss/policy": 0.0})
         with timer("sync"):
             self.engine.update_weights(None)
         metrics.update(timer.times)

@@ -134,3 +134,20 @@ def test_in_training_eval_rows(tmp_path):
     train = [r for r in rows if "reward/mean" in r]
     assert [r["step"] for r in evals] == [0, 1, 2] and [r["step"] for r in train] == [1, 2]
     assert all(0.0 <= r["eval/pass@1"] <= 1.0 and "eval/tools/calls_per_traj" in r for r in evals)
+
+
+@pytest.mark.parametrize("algo", ["dapo", "gpg"])
+def test_dynamic_sampling_rounds(tmp_path, algo):
+    """DAPO drops degenerate groups and GPG resamples under beta_th: the random tiny model solves
+    nothing, so every round is degenerate and the trainer stops at max_sampling_rounds."""
+    tr = Trainer(_cfg(tmp_path, f"algorithm.name={algo}", "train.max_sampling_rounds=2", "train.steps=1"))
+    res = tr.step(0)
+    tr.close()
+    m = res.metrics
+    assert m["sampling/rounds"] == 2.0 and m["loss/skipped"] == 1.0
+    if algo == "dapo":
+        assert m["sampling/dropped_groups"] == 4.0 and m["sampling/train_seqs"] == 0.0
+    else:
+        assert m["sampling/dropped_groups"] == 0.0 and m["sampling/train_seqs"] == 16.0
+    gids = {t.group_id for t in res.trajectories}
+    assert len(gids) == len(res.trajectories) // 4  # group ids stay unique across rounds

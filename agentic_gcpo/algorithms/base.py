@@ -74,6 +74,7 @@ class AlgorithmConfig(BaseModel):
         return value
 
 
+SamplingRule = Callable[[Tensor, Tensor, "AlgorithmConfig", int], bool]
 AdvantageFn = Callable[[Tensor, Tensor, Tensor, AlgorithmConfig], Tensor]
 PolicyLossFn = Callable[[Tensor, Tensor, Tensor, Tensor, AlgorithmConfig], tuple[Tensor, dict[str, Tensor]]]
 
@@ -87,6 +88,12 @@ class Algorithm:
     policy_loss: PolicyLossFn
     aggregation: AggregationMode
     injects_golden: bool
+    # Dynamic sampling, as data rather than trainer branches. `drop_degenerate_groups`: groups whose
+    # rewards are all equal are discarded before the update (DAPO). `needs_more(rewards, group_ids,
+    # cfg, target_groups)`: after a sampling round, True asks the trainer for another round of
+    # prompts (up to train.max_sampling_rounds); GPG's beta_th rule and DAPO's "fill the batch".
+    drop_degenerate_groups: bool = False
+    needs_more: SamplingRule | None = None
 
 
 # ----------------------------------------------------------------------------------------- groups

@@ -10,6 +10,7 @@ to the reward function.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from agentic_gcpo.algorithms.base import (
@@ -17,6 +18,7 @@ from agentic_gcpo.algorithms.base import (
     AlgorithmConfig,
     check_group_inputs,
     group_baseline_advantages,
+    group_stats,
     reject_golden,
     reject_sequence_switches,
     resolve_clip,
@@ -38,6 +40,14 @@ def dapo_policy_loss(
     return token_clip_loss(logp, old_logp, advantages, loss_mask, low, high)
 
 
+def dapo_needs_more(rewards: Tensor, group_ids: Tensor, cfg: AlgorithmConfig, target_groups: int) -> bool:
+    """Dynamic sampling: keep sampling until the batch holds `target_groups` informative groups."""
+    if rewards.numel() == 0:
+        return True
+    mixed = ~group_stats(rewards, group_ids).identical  # [N]
+    return int(torch.unique(group_ids[mixed]).numel()) < target_groups
+
+
 ALGORITHM = Algorithm(
     name="dapo",
     paper="arXiv 2503.14476",
@@ -49,4 +59,6 @@ ALGORITHM = Algorithm(
     policy_loss=dapo_policy_loss,
     aggregation="token-mean",
     injects_golden=False,
+    drop_degenerate_groups=True,
+    needs_more=dapo_needs_more,
 )

@@ -101,4 +101,7 @@ ALGORITHM = Algorithm(
     policy_loss=gpg_policy_loss,
     aggregation="token-mean",
     injects_golden=False,
+    needs_more=lambda rewards, group_ids, cfg, target_groups: gpg_needs_resample(
+        rewards, group_ids, cfg.gpg_beta_th
+    ),
 )
