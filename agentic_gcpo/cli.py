@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from agentic_gcpo.config import ConfigError, load_config
+from agentic_gcpo.eval_cli import add_eval_parsers
 from agentic_gcpo.sandbox.cli import add_sandbox_parser
 from agentic_gcpo.tools_cli import add_tools_parser
 
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     t.set_defaults(fn=_train)
     add_tools_parser(sub)
     add_sandbox_parser(sub)
+    add_eval_parsers(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 
