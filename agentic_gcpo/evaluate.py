@@ -212,7 +212,7 @@ def evaluate(
     model: Any,
     problems: list[Problem],
     k: int = 1,
-    tools: list[str] | None = ("python",),  # type: ignore[assignment]
+    tools: list[str] | tuple[str, ...] | None = ("python",),
     limits: LoopLimits | None = None,
     *,
     tokenizer: Any = None,
