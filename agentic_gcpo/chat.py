@@ -99,6 +99,8 @@ class ChatFormat:
         if call_format not in STOP_STRINGS:
             raise ValueError(f"unknown call_format '{call_format}'; valid: {', '.join(STOP_STRINGS)}")
         self.stop = STOP_STRINGS[call_format]
+        if not tools:  # a plain model: a closing ``` is prose, and the examples use tools
+            self.stop, self.fewshot = [], 0
         self._glue: dict[int, list[str]] = {}
 
     # --- the system prompt -------------------------------------------------------------------

@@ -101,6 +101,9 @@ class DataConfig(_Section):
 class EvalConfig(_Section):
     path: str | None = Field(None, description="Held-out JSONL evaluated during training (None: no eval).")
     format: Literal["gsm8k", "math", "aime", "svamp", "generic"] = Field("gsm8k", description="Row shape.")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="Role -> column mapping, as data.fields."
+    )
     limit: int = Field(64, ge=1, description="First N held-out problems (same ones every time).")
     every: int = Field(
         0, ge=0, description="Evaluate before training, every N steps and at the end (0: never)."

@@ -191,11 +191,9 @@ def make_chat(
     """The training ChatFormat; with no tools: no tool instructions, few-shot or call stop strings."""
     if tools:
         return ChatFormat(tokenizer, tools, call_format, system, fewshot)
-    # Few-shot examples are tool-using transcripts and "fenced" with no python tool parses no call,
-    # so a plain model's code block is just text, not an unknown-tool error.
-    chat = ChatFormat(tokenizer, {}, "fenced", system if system is not None else NO_TOOLS_SYSTEM, 0)
-    chat.stop = []  # no tool can run, so a closing ``` must not end the turn
-    return chat
+    # "fenced" with no python tool parses no call, so a plain model's code block is just text;
+    # ChatFormat itself drops the stop strings and the (tool-using) few-shot examples.
+    return ChatFormat(tokenizer, {}, "fenced", system if system is not None else NO_TOOLS_SYSTEM, 0)
 
 
 def _load(model: Any, tokenizer: Any) -> tuple[Any, Any]:

@@ -101,7 +101,7 @@ class Trainer:
             resolve_data_path(cfg.data.path), cfg.data.limit, cfg.data.format, cfg.data.fields
         )
         self.eval_problems = (
-            load_problems(resolve_data_path(cfg.eval.path), cfg.eval.limit, cfg.eval.format)
+            load_problems(resolve_data_path(cfg.eval.path), cfg.eval.limit, cfg.eval.format, cfg.eval.fields)
             if cfg.eval.path and cfg.eval.every
             else []
         )

@@ -128,3 +128,9 @@ def test_fewshot_outputs_are_what_the_sandbox_prints(sandbox):
         code = parse_turn(a1, "fenced", {"python"}).calls[0].arguments["code"]
         assert sandbox.execute(code, f"fewshot-{i}").render() == obs
         sandbox.close_session(f"fewshot-{i}")
+
+
+def test_no_tools_means_no_tool_prompt_and_no_stop_strings(tiny):
+    chat = ChatFormat(tiny[1], {}, "fenced", fewshot=2)
+    assert chat.stop == [] and chat.fewshot == 0
+    assert "python" not in chat.system and "boxed" in chat.system
