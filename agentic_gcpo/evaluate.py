@@ -201,9 +201,9 @@ def _load(model: Any, tokenizer: Any) -> tuple[Any, Any]:
         if tokenizer is None:
             raise ValueError("pass the tokenizer with an in-memory model")
         return model, tokenizer
-    from agentic_gcpo.models import load_model, tiny_model
+    from agentic_gcpo.models import load_named
 
-    return tiny_model() if model == "tiny" else load_model(model)
+    return load_named(model)
 
 
 def evaluate(

@@ -342,3 +342,8 @@ def tiny_model(
     )
     model.eval()
     return model, tok
+
+
+def load_named(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """What a config or CLI `model` string names: 'tiny' (tests), 'embedded' or a local directory."""
+    return tiny_model() if name == "tiny" else load_model(name)

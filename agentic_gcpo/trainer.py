@@ -32,17 +32,11 @@ from agentic_gcpo.evaluate import eval_metrics
 from agentic_gcpo.golden import GoldenSource
 from agentic_gcpo.ledger import Trajectory
 from agentic_gcpo.metrics import MetricsLogger, Timer, rollout_metrics
-from agentic_gcpo.models import load_model, tiny_model
+from agentic_gcpo.models import load_named
 from agentic_gcpo.policy import pack, token_logprobs
 from agentic_gcpo.sandbox import make_sandbox
 from agentic_gcpo.tool_registry import get_tools
 from agentic_gcpo.verify import verify
-
-
-def build_model(path: str) -> tuple[Any, Any]:
-    if path == "tiny":
-        return tiny_model()
-    return load_model(path)
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -106,7 +100,7 @@ class Trainer:
             else []
         )
         if model is None:
-            model, tokenizer = build_model(cfg.model.path)
+            model, tokenizer = load_named(cfg.model.path)
         self.model, self.tok = model, tokenizer
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
