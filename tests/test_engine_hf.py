@@ -134,3 +134,14 @@ def test_tempered_logprobs_match_the_sampler(tiny):
     only[0, len(p) - 1 :] = 1
     lp = token_logprobs(model, ids, torch.ones_like(ids), autocast_bf16=False, only=only, temperature=0.7)
     assert torch.allclose(lp[0, len(p) - 1 :], torch.tensor(o.logprobs), atol=1e-4)
+
+
+def test_generation_hands_the_shared_module_back_in_its_mode(tiny):
+    model, tok = tiny
+    eng = _engine(tiny)
+    model.train()
+    eng.generate([_ids(_prompt(tok, "hi"))], [SamplingParams(2, temperature=0)])
+    assert model.training
+    model.eval()
+    eng.generate([_ids(_prompt(tok, "hi"))], [SamplingParams(2, temperature=0)])
+    assert not model.training

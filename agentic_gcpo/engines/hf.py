@@ -42,19 +42,21 @@ class HFEngine(Engine):
         # Similar lengths together waste less padding; results go back in input order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[Completion | None] = [None] * len(prompts)
-        for k in range(0, len(order), self.max_batch_size):
-            chunk = order[k : k + self.max_batch_size]
-            for i, c in zip(
-                chunk, self._generate_batch([prompts[i] for i in chunk], [params[i] for i in chunk])
-            ):
-                out[i] = c
+        was_training = self.model.training
+        self.model.eval()
+        try:  # the trainer shares this module: give it back in train mode even if generation fails
+            for k in range(0, len(order), self.max_batch_size):
+                chunk = order[k : k + self.max_batch_size]
+                batch = self._generate_batch([prompts[i] for i in chunk], [params[i] for i in chunk])
+                for i, c in zip(chunk, batch):
+                    out[i] = c
+        finally:
+            self.model.train(was_training)
         return out  # type: ignore[return-value]
 
     @torch.no_grad()
     def _generate_batch(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Completion]:
         model = self.model
-        was_training = model.training
-        model.eval()
         device = next(model.parameters()).device
         B = len(prompts)
         # The G rollouts of a problem start from the same prompt: prefill each distinct prompt once
@@ -133,8 +135,6 @@ class HFEngine(Engine):
                 )
             past, logits = out.past_key_values, out.logits[:, -1, :].float()
             next_pos = next_pos + 1
-        if was_training:
-            model.train()
         return done  # type: ignore[return-value]
 
 
