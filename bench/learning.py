@@ -93,7 +93,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--prompts-per-step", type=int, default=4)
     p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=1e-4)  # the embedded config's lr
     p.add_argument("--eval-every", type=int, default=4)
     p.add_argument("--eval-limit", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
