@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agentic_gcpo.algorithms.base import AlgorithmConfig
 from agentic_gcpo.sandbox import SandboxConfig
@@ -112,16 +112,61 @@ class EvalConfig(_Section):
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy.")
 
 
+class TeacherConfig(_Section):
+    path: str = Field(
+        "",
+        description="Teacher model for golden.source='teacher': 'embedded', 'tiny' or a local "
+        "transformers directory. It runs through the policy's agent loop, tools and sandbox.",
+    )
+    samples: int = Field(
+        4, ge=1, description="k: teacher rollouts per problem; the first verified one is kept."
+    )
+    temperature: float = Field(0.7, ge=0.0, description="Teacher sampling temperature (0 = greedy).")
+    cache: str | None = Field(
+        None,
+        description="JSONL file keeping each problem's teacher result (a miss too) across runs; "
+        "None keeps it in memory for this run only.",
+    )
+
+
 class GoldenConfig(_Section):
     enabled: bool = Field(True, description="Inject golden trajectories into all-fail groups (GCPO).")
-    source: Literal["reference"] = Field(
+    source: Literal["reference", "teacher"] = Field(
         "reference",
         description="Where golden trajectories come from: 'reference' builds them from the "
-        "dataset's worked solution (GSM8K <<a*b=c>> annotations become python tool calls).",
+        "dataset's worked solution (GSM8K <<a*b=c>> annotations become python tool calls); "
+        "'teacher' keeps the first verified of k teacher-model rollouts (golden.teacher). "
+        "A row's own `golden` message list always wins.",
+    )
+    style: Literal["commented", "restate"] = Field(
+        "commented",
+        description="Reference goldens: 'commented' writes each solution line as a code comment "
+        "before its prints and ends with a short boxed answer; 'restate' prints all expressions, "
+        "then restates the solution in prose.",
     )
     replace: Literal["last", "first", "longest"] = Field(
         "last", description="Which failed member is replaced."
     )
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+
+    @model_validator(mode="after")
+    def _teacher_needs_a_path(self) -> GoldenConfig:
+        if self.source == "teacher" and not self.teacher.path:
+            raise ValueError(
+                "golden.source='teacher' needs golden.teacher.path (e.g. 'embedded' or a model directory)"
+            )
+        return self
+
+
+class RewardConfig(_Section):
+    overlong_buffer: int | None = Field(
+        None,
+        ge=0,
+        description="Soft overlong punishment (DAPO): over the last N tokens of the policy-token budget "
+        "(rollout.max_turns x max_new_tokens_per_turn) the reward falls linearly to -overlong_penalty. "
+        "None: the algorithm's default (dapo: a quarter of the budget; others: off); 0: off.",
+    )
+    overlong_penalty: float = Field(1.0, ge=0.0, description="Penalty at (and past) the budget.")
 
 
 class TrainConfig(_Section):
@@ -162,6 +207,7 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     golden: GoldenConfig = Field(default_factory=GoldenConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)

@@ -3,8 +3,11 @@
 Source 'reference' (GSM8K): the calculator annotations of the worked solution, `<<48/2=24>>`,
 become one python tool call that prints each expression; the call really runs in the sandbox
 through the registered `python` tool, so its observation is rendered exactly as in a rollout. The
-assistant then restates the solution and ends with \\boxed{answer}. A solution without usable
-annotations becomes a tool-free golden. A row's own `golden` message list is used when present.
+assistant then boxes the answer (`golden.style`: after restating the solution, or with the
+solution's lines as code comments before each print). A solution without usable
+annotations becomes a tool-free golden. Source 'teacher' (`golden_teacher.py`): the first verified
+of k teacher-model rollouts, re-rendered in the policy's format. A row's own `golden` message list
+is used when present, whatever the source.
 
 Every golden trajectory is verified with the same verifier as rollouts before it may be injected;
 one that fails is never injected and is counted.
@@ -21,6 +24,7 @@ from typing import Any
 
 from agentic_gcpo.chat import ChatFormat
 from agentic_gcpo.data import Problem
+from agentic_gcpo.golden_teacher import TeacherGoldens
 from agentic_gcpo.ledger import Source, ToolCallRecord, Trajectory
 from agentic_gcpo.tool_registry import ToolContext
 from agentic_gcpo.verify import verify
@@ -48,13 +52,36 @@ def python_expr(expr: str) -> str | None:
     return e
 
 
-def reference_turns(problem: Problem) -> tuple[str | None, str]:
-    """(code for one python call or None, final assistant text) from a worked solution."""
+_RESULT = re.compile(r"\s*=\s*\$?\s*<<[^<>]*>>\S*?(?=[.,;:!?]?(?:\s|$))")
+STYLES = ("restate", "commented")
+
+
+def reference_turns(problem: Problem, style: str = "restate") -> tuple[str | None, str]:
+    """(code for one python call or None, final assistant text) from a worked solution.
+
+    'restate': the code prints every annotated expression, then the assistant restates the worked
+    solution (annotations removed) and boxes the answer. 'commented': each solution line becomes a
+    code comment (its computed results removed, so the comment is the plan and Python does the
+    arithmetic) followed by prints of that line's expressions; the final turn only boxes the answer.
+    The second puts the reasoning *before* the numbers are chosen and keeps the answer turn short.
+    """
+    if style not in STYLES:
+        raise ValueError(f"unknown golden style {style!r}; valid: {', '.join(STYLES)}")
     exprs = [x for x in (python_expr(m.group(1)) for m in ANNOTATION.finditer(problem.solution)) if x]
+    boxed = f"The answer is \\boxed{{{problem.reference}}}."
     prose = ANNOTATION.sub("", problem.solution).strip()
-    final = (prose + "\n" if prose else "") + f"The answer is \\boxed{{{problem.reference}}}."
-    code = "\n".join(f"print({e})" for e in exprs) if exprs else None
-    return code, final
+    if not exprs:  # nothing to run: a tool-free golden
+        return None, (prose + "\n" if prose else "") + boxed
+    if style == "restate":
+        return "\n".join(f"print({e})" for e in exprs), (prose + "\n" if prose else "") + boxed
+    lines = []
+    for raw in problem.solution.splitlines():
+        comment = " ".join(_RESULT.sub("", raw).split())
+        line_exprs = [x for x in (python_expr(m.group(1)) for m in ANNOTATION.finditer(raw)) if x]
+        if comment:
+            lines.append(f"# {comment}")
+        lines += [f"print({e})" for e in line_exprs]
+    return "\n".join(lines), boxed
 
 
 @dataclass
@@ -68,13 +95,27 @@ class GoldenSource:
     """Builds (once per problem, cached) and verifies golden trajectories."""
 
     def __init__(
-        self, chat: ChatFormat, tools: dict[str, Any], sandbox: Any, verify_timeout_s: float = 2.0
+        self,
+        chat: ChatFormat,
+        tools: dict[str, Any],
+        sandbox: Any,
+        verify_timeout_s: float = 2.0,
+        style: str = "restate",
+        teacher: TeacherGoldens | None = None,
     ) -> None:
         self.chat, self.tools, self.sandbox = chat, tools, sandbox
-        self.verify_timeout_s = verify_timeout_s
+        self.verify_timeout_s, self.style, self.teacher = verify_timeout_s, style, teacher
         self.stats = GoldenStats()
         self._cache: dict[str, Trajectory | None] = {}
         self._lock = threading.Lock()
+
+    def prefetch(self, problems: list[Problem]) -> None:
+        """Let the teacher solve, in one batched run, the problems a coming get() will need."""
+        if self.teacher is not None:
+            with self._lock:
+                need = [p for p in problems if not p.golden and p.id not in self._cache]
+            if need:
+                self.teacher.solve(need)
 
     def get(self, problem: Problem, group_id: int) -> Trajectory | None:
         with self._lock:
@@ -87,9 +128,14 @@ class GoldenSource:
 
     def _build(self, problem: Problem) -> Trajectory | None:
         if problem.golden:
-            turns = _turns_from_messages(problem.golden)
+            turns = _turns_from_messages(problem.golden, set(self.tools))
+        elif self.teacher is not None:
+            taught = self.teacher.solve([problem])[problem.id]  # cached when prefetched
+            if taught is None:
+                return None
+            turns = taught
         else:
-            code, final = reference_turns(problem)
+            code, final = reference_turns(problem, self.style)
             intro = "Let me compute the steps with Python.\n```python\n"
             turns = (
                 [(f"{intro}{code}\n```\n", [{"name": "python", "arguments": {"code": code}}])] if code else []
@@ -141,15 +187,17 @@ class GoldenSource:
         return t.call(call.get("arguments", {}), ToolContext(session=session, sandbox=self.sandbox))
 
 
-def _turns_from_messages(messages: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """A row's golden message list -> [(assistant text, [python calls parsed from it])...]."""
+def _turns_from_messages(
+    messages: list[dict[str, Any]], tool_names: set[str]
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """A row's golden message list -> [(assistant text, [tool calls parsed from it])...]."""
     from agentic_gcpo.tool_calls import parse_turn
 
     turns = []
     for m in messages:
         if m.get("role") == "assistant":
             text = str(m.get("content", ""))
-            parsed = parse_turn(text, "auto", {"python"})
+            parsed = parse_turn(text, "auto", tool_names)
             calls = [{"name": c.name, "arguments": c.arguments} for c in parsed.calls if c.status == "ok"]
             turns.append((text, calls))
     return turns or [("", [])]

@@ -30,13 +30,14 @@ from agentic_gcpo.data import Problem, batches, load_problems
 from agentic_gcpo.engines import make_engine
 from agentic_gcpo.evaluate import eval_metrics
 from agentic_gcpo.golden import GoldenSource
+from agentic_gcpo.golden_teacher import teacher_from_config
 from agentic_gcpo.ledger import Trajectory
 from agentic_gcpo.metrics import MetricsLogger, Timer, rollout_metrics
 from agentic_gcpo.models import load_named
 from agentic_gcpo.policy import pack, token_logprobs
+from agentic_gcpo.reward import resolve_buffer, score
 from agentic_gcpo.sandbox import make_sandbox
 from agentic_gcpo.tool_registry import get_tools
-from agentic_gcpo.verify import verify
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -58,13 +59,6 @@ def resolve_data_path(path: str) -> Path:
         return p
     repo = Path(__file__).resolve().parent.parent
     return repo / p if (repo / p).exists() else p
-
-
-def score(trajs: list[Trajectory]) -> None:
-    for t in trajs:
-        r = verify(t.final_text, t.reference)
-        t.extracted_answer, t.correct = r.extracted, r.correct
-        t.reward = 1.0 if r.correct else 0.0
 
 
 def pick_member(group: list[Trajectory], rule: str) -> int:
@@ -136,7 +130,13 @@ class Trainer:
                 r.tool_threads,
             ),
         )
-        self.golden = GoldenSource(self.chat, self.tools, self.sandbox)
+        self.golden = GoldenSource(
+            self.chat,
+            self.tools,
+            self.sandbox,
+            style=cfg.golden.style,
+            teacher=teacher_from_config(cfg, self.tools, self.sandbox) if self.algo.injects_golden else None,
+        )
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
@@ -150,6 +150,10 @@ class Trainer:
         self.batches = batches(self.problems, cfg.train.prompts_per_step, cfg.run.seed, cfg.data.shuffle)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._next_gid = 0  # group ids stay unique across steps and sampling rounds
+        self.max_policy_tokens = cfg.rollout.max_turns * cfg.rollout.max_new_tokens_per_turn
+        self.overlong_buffer = resolve_buffer(
+            cfg.reward.overlong_buffer, cfg.algorithm.name, self.max_policy_tokens
+        )
 
     # --- one step ----------------------------------------------------------------------------
     def inject(
@@ -163,6 +167,10 @@ class Trainer:
         injected = candidates = 0
         failures_before = self.golden.stats.verify_failures
         if self.algo.injects_golden and cfg.golden.enabled:
+            all_fail = [
+                p for gi, p in enumerate(problems) if not any(t.correct for t in trajs[gi * G : (gi + 1) * G])
+            ]
+            self.golden.prefetch(all_fail)  # a teacher solves them in one batched run
             for gi, prob in enumerate(problems):
                 group = trajs[gi * G : (gi + 1) * G]
                 if any(t.correct for t in group):
@@ -182,6 +190,7 @@ class Trainer:
         batch: list[Trajectory] = []
         own: list[Trajectory] = []  # the policy's rollouts, before injection or filtering
         n_problems = injected = candidates = refused = dropped = rounds = 0
+        penalties: list[float] = []
         while True:
             problems = next(self.batches)
             first_gid, self._next_gid = self._next_gid, self._next_gid + len(problems)
@@ -189,7 +198,12 @@ class Trainer:
                 seed = (cfg.run.seed * 100003 + step) * 101 + rounds
                 new = self.loop.run(problems, G, seed=seed, first_group_id=first_gid)
             with timer("verify"):
-                score(new)
+                penalties += score(
+                    new,
+                    max_len=self.max_policy_tokens,
+                    buffer=self.overlong_buffer,
+                    factor=cfg.reward.overlong_penalty,
+                )
             own += new
             with timer("golden"):
                 i, c, r = self.inject(new, problems, first_gid)
@@ -199,18 +213,18 @@ class Trainer:
                 candidates + c,
                 refused + r,
             )
-            if algo.drop_degenerate_groups:
+            if algo.drop_degenerate_groups:  # on correctness, as verl's DAPO recipe filters on acc
                 groups = [new[k : k + G] for k in range(0, len(new), G)]
-                kept = [g for g in groups if len({t.reward for t in g}) > 1]
+                kept = [g for g in groups if len({t.correct for t in g}) > 1]
                 dropped += len(groups) - len(kept)
                 new = [t for g in kept for t in g]
             batch += new
             rounds += 1
             if algo.needs_more is None or rounds >= cfg.train.max_sampling_rounds:
                 break
-            rewards = torch.tensor([t.reward for t in batch], dtype=torch.float32)
+            correct = torch.tensor([float(t.correct) for t in batch], dtype=torch.float32)
             gids = torch.tensor([t.group_id for t in batch], dtype=torch.long)
-            if not algo.needs_more(rewards, gids, cfg.algorithm, target):
+            if not algo.needs_more(correct, gids, cfg.algorithm, target):
                 break
         if algo.drop_degenerate_groups:
             batch = batch[: target * G]  # a full batch of informative groups, as DAPO trims
@@ -224,8 +238,14 @@ class Trainer:
                 "sampling/rounds": float(rounds),
                 "sampling/dropped_groups": float(dropped),
                 "sampling/train_seqs": float(len(batch)),
+                "reward/overlong_penalty_mean": sum(penalties) / max(1, len(penalties)),
+                "reward/overlong_frac": sum(p < 0 for p in penalties) / max(1, len(penalties)),
             }
         )
+        if self.golden.teacher is not None:
+            ts = self.golden.teacher.stats  # cumulative over the run
+            metrics["gcpo/teacher_solved_frac"] = ts.solved / max(1, ts.problems)
+            metrics["gcpo/teacher_samples"] = float(ts.samples)
         return batch, metrics
 
     def step(self, step: int) -> StepResult:
@@ -375,5 +395,7 @@ class Trainer:
 
     def close(self) -> None:
         self.loop.close()
+        if self.golden.teacher is not None:
+            self.golden.teacher.close()
         self.sandbox.close()
         self.logger.close()

@@ -50,6 +50,30 @@ def test_first_rows_become_python_calls(rows):
     assert code == "print(12/60)\nprint(0.2*50)"
 
 
+def test_commented_style_puts_the_reasoning_before_each_print(rows):
+    code, final = reference_turns(rows[0], "commented")
+    assert code == (
+        "# Natalia sold 48/2 clips in May.\nprint(48/2)\n"
+        "# Natalia sold 48+24 clips altogether in April and May.\nprint(48+24)"
+    )
+    assert final == "The answer is \\boxed{72}."
+    code, _ = reference_turns(rows[1], "commented")  # '= $<<12/60=0.2>>0.2' loses its result
+    assert code.splitlines()[0] == "# Weng earns 12/60 per minute."
+    plain = Problem("p", "2+2?", "4", "Two and two make four.")
+    assert reference_turns(plain, "commented") == (None, "Two and two make four.\nThe answer is \\boxed{4}.")
+    with pytest.raises(ValueError, match="valid: restate, commented"):
+        reference_turns(rows[0], "verbose")
+
+
+@pytest.mark.parametrize("style", ["restate", "commented"])
+def test_most_real_rows_build_in_both_styles(tiny, python_tools, sandbox, rows, style):
+    src = GoldenSource(ChatFormat(tiny[1], python_tools), python_tools, sandbox, style=style)
+    ok = [g for g in (src.get(p, 0) for p in rows) if g is not None]
+    assert len(ok) >= 36 and sum(bool(g.tool_calls) for g in ok) >= 34, (style, len(ok))
+    if style == "commented":  # the answer turn is the short boxed line
+        assert all(g.turn_texts[-1].startswith("The answer is") for g in ok if g.tool_calls)
+
+
 def test_golden_trajectory_runs_in_sandbox_and_verifies(source, rows):
     g = source.get(rows[0], group_id=7)
     assert g is not None and g.is_golden and g.correct and g.reward == 1.0 and g.group_id == 7
@@ -63,13 +87,6 @@ def test_golden_trajectory_runs_in_sandbox_and_verifies(source, rows):
     mask = g.loss_mask
     assert all(m == 0 for m, s in zip(mask, g.sources) if s == Source.TOOL)
     assert sum(mask) == sum(len(ids) for s, ids in g.segments() if s == Source.SAMPLED)
-
-
-def test_most_real_rows_build(source, rows):
-    built = [source.get(p, 0) for p in rows]
-    ok = [g for g in built if g is not None]
-    assert len(ok) >= 36, f"only {len(ok)} of 40 GSM8K rows gave a verified golden"
-    assert sum(bool(g.tool_calls) for g in ok) >= 34
 
 
 def test_golden_is_cached_and_copied(source, rows):

@@ -10,7 +10,8 @@ import torch
 from agentic_gcpo.cli import main
 from agentic_gcpo.config import load_config
 from agentic_gcpo.policy import pack, token_logprobs
-from agentic_gcpo.trainer import Trainer, score
+from agentic_gcpo.reward import score
+from agentic_gcpo.trainer import Trainer
 
 BASE = [
     "model.path=tiny",
@@ -151,3 +152,23 @@ def test_dynamic_sampling_rounds(tmp_path, algo):
         assert m["sampling/dropped_groups"] == 0.0 and m["sampling/train_seqs"] == 16.0
     gids = {t.group_id for t in res.trajectories}
     assert len(gids) == len(res.trajectories) // 4  # group ids stay unique across rounds
+
+
+@pytest.mark.parametrize("algo", ["dapo", "grpo"])
+def test_overlong_shaping_is_dapos_default_and_leaves_accuracy_alone(tmp_path, algo):
+    # One 16-token turn: L_max = 16, DAPO's buffer = 4, so a rambling random model is penalised.
+    tr = Trainer(
+        _cfg(tmp_path, f"algorithm.name={algo}", "rollout.max_turns=1", "train.max_sampling_rounds=1")
+    )
+    res = tr.step(0)
+    tr.close()
+    m = res.metrics
+    if algo == "dapo":
+        assert tr.overlong_buffer == 4 and m["reward/overlong_frac"] > 0.5
+        assert -1.0 <= m["reward/overlong_penalty_mean"] < 0.0
+        assert m["reward/mean"] == pytest.approx(m["reward/overlong_penalty_mean"])  # nothing correct
+    else:
+        assert tr.overlong_buffer == 0 and m["reward/overlong_frac"] == 0.0
+    assert m["reward/accuracy"] == 0.0
+    # groups are filtered on correctness, not on the shaped reward
+    assert m["sampling/dropped_groups"] == (2.0 if algo == "dapo" else 0.0)
