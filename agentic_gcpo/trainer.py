@@ -69,6 +69,21 @@ def pick_member(group: list[Trajectory], rule: str) -> int:
     return len(group) - 1
 
 
+# What a step without a gradient logs, so every row has the same keys: the policy did not move
+# (ratio 1, KL 0); the sampler/trainer logprob gap was not measured (NaN -> null in the JSONL).
+NO_UPDATE: dict[str, float] = {
+    "loss/policy": 0.0,
+    "loss/grad_norm": 0.0,
+    "loss/clip_frac": 0.0,
+    "loss/ratio_mean": 1.0,
+    "loss/approx_kl": 0.0,
+    "loss/active_seqs": 0.0,
+    "adv/abs_mean": 0.0,
+    "loss/skipped": 1.0,
+    "rollout/logprob_abs_diff": math.nan,
+}
+
+
 @dataclass
 class StepResult:
     metrics: dict[str, float]
@@ -254,7 +269,7 @@ class Trainer:
         for t in trajs:
             t.check()
         with timer("train"):
-            metrics.update(self.update(trajs) if trajs else {"loss/skipped": 1.0, "loss/policy": 0.0})
+            metrics.update(self.update(trajs) if trajs else NO_UPDATE)
         with timer("sync"):
             self.engine.update_weights(None)
         metrics.update(timer.times)
@@ -275,10 +290,7 @@ class Trainer:
             "adv/abs_mean": float(adv.abs().mean()),
         }
         if not active:
-            out.update(
-                {"loss/policy": 0.0, "loss/grad_norm": 0.0, "loss/clip_frac": 0.0, "loss/skipped": 1.0}
-            )
-            return out
+            return {**NO_UPDATE, **out}
         self.model.train()
         active.sort(key=lambda i: len(trajs[i].token_ids))
         total, sums, weights = 0.0, {}, 0
