@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -103,9 +104,19 @@ def main() -> int:
     p.add_argument("override", nargs="*", help="extra dotted config overrides for every run")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True
+    ).stdout
+    commit = (commit or "unknown") + ("+dirty" if dirty.strip() else "")
     results = [run_one(a.strip(), args, args.out) for a in args.algos.split(",") if a.strip()]
     (args.out / "results.json").write_text(
-        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2)
+        json.dumps(
+            {"commit": commit, "args": {k: str(v) for k, v in vars(args).items()}, "results": results},
+            indent=2,
+        )
     )
     plot(results, args.out / "learning.png")
     print(f"\n{'algorithm':<10} {'start acc':>9} {'final acc':>9} {'final tool rate':>15} {'wall':>8}")
