@@ -14,6 +14,7 @@ finalizer (close(), garbage collection, interpreter exit) needs no reference to 
 
 from __future__ import annotations
 
+import abc
 import logging
 import queue
 import threading
@@ -75,7 +76,7 @@ def _shutdown(state: _State, spawn_q: queue.Queue[Any]) -> None:
             log.exception("sandbox: cleanup failed")
 
 
-class PooledSandbox:
+class PooledSandbox(abc.ABC):
     """Sessions over a warm pool of workers. Thread-safe. Subclasses implement `_new_worker()`.
 
     `_spawn_in_one_thread`: start every worker from one long-lived thread (the local backend
@@ -103,9 +104,9 @@ class PooledSandbox:
             self._refiller = threading.Thread(target=self._refill_loop, name="sandbox-pool", daemon=True)
             self._refiller.start()
 
+    @abc.abstractmethod
     def _new_worker(self) -> WorkerChannel:
         """Start one worker (it may still be importing SymPy: callers use wait_ready)."""
-        raise NotImplementedError
 
     # ---------------------------------------------------------------- pool
     def _spawn(self) -> WorkerChannel:

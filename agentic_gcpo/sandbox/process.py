@@ -10,6 +10,7 @@ kills the worker. `WorkerProcess` is the local backend's worker: a process on th
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import math
@@ -82,7 +83,7 @@ def describe_exit_status(rc: int, cfg: SandboxConfig) -> ExitInfo:
     return ExitInfo(f"the Python process exited with status {rc}")
 
 
-class WorkerChannel:
+class WorkerChannel(abc.ABC):
     """The client half of the worker protocol over file descriptors; every backend subclasses it.
 
     A subclass starts its worker, calls `__init__` with the fds, and implements `alive`, `kill`,
@@ -201,16 +202,16 @@ class WorkerChannel:
         return reply
 
     # --------------------------------------------------------------- backend hooks
-    def alive(self) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def alive(self) -> bool: ...
 
+    @abc.abstractmethod
     def kill(self) -> None:
         """Kill the worker and all it started. Idempotent; safe while another thread reads."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def exit_info(self) -> ExitInfo:
         """Why the worker ended. Call after it died by itself."""
-        raise NotImplementedError
 
     def boot_log_tail(self) -> str:
         """What the worker wrote to stderr before it took fd 2 over (interpreter errors)."""
