@@ -159,12 +159,14 @@ class GoldenConfig(_Section):
 
 
 class RewardConfig(_Section):
-    overlong_buffer: int | None = Field(
+    overlong_buffer: float | None = Field(
         None,
-        ge=0,
-        description="Soft overlong punishment (DAPO): over the last N tokens of the policy-token budget "
-        "(rollout.max_turns x max_new_tokens_per_turn) the reward falls linearly to -overlong_penalty. "
-        "None: the algorithm's default (dapo: a quarter of the budget; others: off); 0: off.",
+        ge=0.0,
+        lt=1.0,
+        description="Soft overlong punishment (DAPO), as a fraction of the budget: over its last "
+        "buffer x budget tokens the reward falls linearly to -overlong_penalty. Applied per assistant "
+        "turn (budget rollout.max_new_tokens_per_turn) and per trajectory (max_turns x that), the "
+        "worse counts; policy tokens only. None: the algorithm's default (dapo 0.25, others off); 0: off.",
     )
     overlong_penalty: float = Field(1.0, ge=0.0, description="Penalty at (and past) the budget.")
 

@@ -3,16 +3,19 @@
 Correctness (`t.correct`, 1.0 or 0.0) is what accuracy metrics, golden triggers and dynamic-sampling
 filters read; `t.reward` is what advantages are computed from, so shaping never leaks into accuracy.
 
-Overlong shaping (DAPO, arXiv 2503.14476, §3.4), with |y| counted in *policy* tokens (loss_mask = 1):
+Overlong shaping (DAPO, arXiv 2503.14476, §3.4), for a length |y| and a budget L_max with a ramp of
+L_cache = buffer x L_max tokens:
 
     R_len(y) = 0                                 if |y| <= L_max - L_cache
              = ((L_max - L_cache) - |y|) / L_cache  if L_max - L_cache < |y| <= L_max
              = -1                                if |y| > L_max
 
-times `overlong_penalty`. Tool outputs and chat-template tokens do not count: the penalty is about
-the model's own verbosity, and a long tool output is not something it should be punished for
+times `overlong_penalty`. DAPO has one budget, the response length at which it truncates. A
+multi-turn rollout is truncated in two places, so we apply the ramp to both and keep the worse:
+each assistant turn against rollout.max_new_tokens_per_turn (a turn cut there has no answer and
+no closed tool call) and the whole trajectory against max_turns x max_new_tokens_per_turn. Lengths
+count *policy* tokens only (loss_mask = 1): tool outputs and chat glue are not the model's verbosity
 (verl counts the whole response mask, tool tokens included; we decided against that on purpose).
-L_max is the policy's generation budget, rollout.max_turns x max_new_tokens_per_turn.
 """
 
 from __future__ import annotations
@@ -20,10 +23,9 @@ from __future__ import annotations
 from agentic_gcpo.ledger import Trajectory
 from agentic_gcpo.verify import verify
 
-# Algorithms that shape by default when reward.overlong_buffer is None, with the buffer as a
-# fraction of L_max (the DAPO recipe: 4096 of 20480 tokens, one fifth; we round to a quarter since
-# our budgets are small and a quarter of 384 tokens is still a soft ramp of 96).
-DEFAULT_BUFFER_FRACTION = {"dapo": 0.25}
+# Algorithms that shape by default when reward.overlong_buffer is None: the buffer as a fraction of
+# the budget (the DAPO recipe uses 4096 of 20480 tokens, 0.2; our budgets are small, so a quarter).
+DEFAULT_BUFFER = {"dapo": 0.25}
 
 
 def overlong_penalty(length: int, max_len: int, buffer: int, factor: float = 1.0) -> float:
@@ -35,20 +37,36 @@ def overlong_penalty(length: int, max_len: int, buffer: int, factor: float = 1.0
     return factor * ((max_len - buffer) - length) / buffer
 
 
-def resolve_buffer(buffer: int | None, algorithm: str, max_len: int) -> int:
+def resolve_buffer(buffer: float | None, algorithm: str) -> float:
     """reward.overlong_buffer as configured, or the algorithm's default (0 = off)."""
-    if buffer is not None:
-        return min(buffer, max_len)
-    return int(DEFAULT_BUFFER_FRACTION.get(algorithm, 0.0) * max_len)
+    return DEFAULT_BUFFER.get(algorithm, 0.0) if buffer is None else buffer
 
 
-def score(trajs: list[Trajectory], *, max_len: int = 0, buffer: int = 0, factor: float = 1.0) -> list[float]:
+def trajectory_penalty(t: Trajectory, turn_max: int, max_turns: int, buffer: float, factor: float) -> float:
+    """The worse of the per-turn and whole-trajectory ramps (see the module docstring)."""
+    if buffer <= 0:
+        return 0.0
+    total_max = turn_max * max_turns
+    worst = overlong_penalty(t.num_policy_tokens, total_max, round(buffer * total_max), factor)
+    for start, end in t.turn_spans:
+        worst = min(worst, overlong_penalty(end - start, turn_max, round(buffer * turn_max), factor))
+    return worst
+
+
+def score(
+    trajs: list[Trajectory],
+    *,
+    turn_max: int = 1,
+    max_turns: int = 1,
+    buffer: float = 0.0,
+    factor: float = 1.0,
+) -> list[float]:
     """Verify each trajectory and set correct / extracted_answer / reward; returns the penalties."""
     penalties = []
     for t in trajs:
         r = verify(t.final_text, t.reference)
         t.extracted_answer, t.correct = r.extracted, r.correct
-        pen = overlong_penalty(t.num_policy_tokens, max_len, buffer, factor) if buffer else 0.0
+        pen = trajectory_penalty(t, turn_max, max_turns, buffer, factor)
         t.reward = (1.0 if r.correct else 0.0) + pen
         penalties.append(pen)
     return penalties

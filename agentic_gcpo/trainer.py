@@ -165,10 +165,7 @@ class Trainer:
         self.batches = batches(self.problems, cfg.train.prompts_per_step, cfg.run.seed, cfg.data.shuffle)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._next_gid = 0  # group ids stay unique across steps and sampling rounds
-        self.max_policy_tokens = cfg.rollout.max_turns * cfg.rollout.max_new_tokens_per_turn
-        self.overlong_buffer = resolve_buffer(
-            cfg.reward.overlong_buffer, cfg.algorithm.name, self.max_policy_tokens
-        )
+        self.overlong_buffer = resolve_buffer(cfg.reward.overlong_buffer, cfg.algorithm.name)
 
     # --- one step ----------------------------------------------------------------------------
     def inject(
@@ -215,7 +212,8 @@ class Trainer:
             with timer("verify"):
                 penalties += score(
                     new,
-                    max_len=self.max_policy_tokens,
+                    turn_max=cfg.rollout.max_new_tokens_per_turn,
+                    max_turns=cfg.rollout.max_turns,
                     buffer=self.overlong_buffer,
                     factor=cfg.reward.overlong_penalty,
                 )

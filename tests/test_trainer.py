@@ -156,7 +156,8 @@ def test_dynamic_sampling_rounds(tmp_path, algo):
 
 @pytest.mark.parametrize("algo", ["dapo", "grpo"])
 def test_overlong_shaping_is_dapos_default_and_leaves_accuracy_alone(tmp_path, algo):
-    # One 16-token turn: L_max = 16, DAPO's buffer = 4, so a rambling random model is penalised.
+    # 16-token turns: DAPO's ramp covers the last 4 tokens of a turn, so a rambling random model
+    # (cut at 16 tokens) is penalised.
     tr = Trainer(
         _cfg(tmp_path, f"algorithm.name={algo}", "rollout.max_turns=1", "train.max_sampling_rounds=1")
     )
@@ -164,11 +165,11 @@ def test_overlong_shaping_is_dapos_default_and_leaves_accuracy_alone(tmp_path, a
     tr.close()
     m = res.metrics
     if algo == "dapo":
-        assert tr.overlong_buffer == 4 and m["reward/overlong_frac"] > 0.5
+        assert tr.overlong_buffer == 0.25 and m["reward/overlong_frac"] > 0.5
         assert -1.0 <= m["reward/overlong_penalty_mean"] < 0.0
         assert m["reward/mean"] == pytest.approx(m["reward/overlong_penalty_mean"])  # nothing correct
     else:
-        assert tr.overlong_buffer == 0 and m["reward/overlong_frac"] == 0.0
+        assert tr.overlong_buffer == 0.0 and m["reward/overlong_frac"] == 0.0
     assert m["reward/accuracy"] == 0.0
     # groups are filtered on correctness, not on the shaped reward
     assert m["sampling/dropped_groups"] == (2.0 if algo == "dapo" else 0.0)
