@@ -74,17 +74,27 @@ def plot(results: list[dict], path: Path) -> None:
         print("matplotlib not installed: no plot (pip install matplotlib)")
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r in results:
+    styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]  # curves that coincide stay visible
+    for k, r in enumerate(results):
+        marker, line = styles[k % len(styles)]
         steps = [e["step"] for e in r["eval"]]
-        axes[0].plot(steps, [e["accuracy"] for e in r["eval"]], marker="o", label=r["algorithm"])
-        axes[1].plot(steps, [e["tool_call_rate"] for e in r["eval"]], marker="o", label=r["algorithm"])
-    axes[0].set(title="held-out accuracy (greedy pass@1)", xlabel="updates", ylim=(0, None))
+        kw = {"marker": marker, "linestyle": line, "label": r["algorithm"], "alpha": 0.85}
+        axes[0].plot(steps, [e["accuracy"] for e in r["eval"]], **kw)
+        axes[1].plot(steps, [e["tool_call_rate"] for e in r["eval"]], **kw)
+    top = max([e["accuracy"] for r in results for e in r["eval"]] + [0.0])
+    # A fixed floor of 20 %: one problem in 32 must not look like a large swing.
+    axes[0].set(title="held-out accuracy (greedy pass@1)", xlabel="updates", ylim=(0, max(0.2, 1.2 * top)))
     axes[1].set(title="held-out trajectories with a tool call", xlabel="updates", ylim=(0, 1.05))
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def replot(results_json: Path) -> None:
+    """Redraw <dir>/learning.png from a results.json (python -c 'import bench.learning as b; ...')."""
+    plot(json.loads(results_json.read_text())["results"], results_json.with_suffix(".png"))
 
 
 def main() -> int:
