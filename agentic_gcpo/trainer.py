@@ -180,17 +180,15 @@ class Trainer:
         failures_before = self.golden.stats.verify_failures
         if self.algo.injects_golden and cfg.golden.enabled:
             all_fail = [
-                p for gi, p in enumerate(problems) if not any(t.correct for t in trajs[gi * G : (gi + 1) * G])
+                gi for gi in range(len(problems)) if not any(t.correct for t in trajs[gi * G : (gi + 1) * G])
             ]
-            self.golden.prefetch(all_fail)  # a teacher solves them in one batched run
-            for gi, prob in enumerate(problems):
-                group = trajs[gi * G : (gi + 1) * G]
-                if any(t.correct for t in group):
-                    continue
-                candidates += 1
-                g = self.golden.get(prob, first_gid + gi)
+            candidates = len(all_fail)
+            self.golden.prefetch([problems[gi] for gi in all_fail])  # a teacher solves them in one run
+            for gi in all_fail:
+                g = self.golden.get(problems[gi], first_gid + gi)
                 if g is None:
                     continue
+                group = trajs[gi * G : (gi + 1) * G]
                 trajs[gi * G + pick_member(group, cfg.golden.replace)] = g
                 injected += 1
         return injected, candidates, self.golden.stats.verify_failures - failures_before
