@@ -76,7 +76,8 @@ def reference_turns(problem: Problem, style: str = "restate") -> tuple[str | Non
         return "\n".join(f"print({e})" for e in exprs), (prose + "\n" if prose else "") + boxed
     lines = []
     for raw in problem.solution.splitlines():
-        comment = " ".join(_RESULT.sub("", raw).split())
+        # "48/2 = <<48/2=24>>24" -> "48/2"; a bare "<<12=12>>12" keeps its result, not the markup
+        comment = " ".join(ANNOTATION.sub("", _RESULT.sub("", raw)).split())
         line_exprs = [x for x in (python_expr(m.group(1)) for m in ANNOTATION.finditer(raw)) if x]
         if comment:
             lines.append(f"# {comment}")

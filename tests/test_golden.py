@@ -59,6 +59,8 @@ def test_commented_style_puts_the_reasoning_before_each_print(rows):
     assert final == "The answer is \\boxed{72}."
     code, _ = reference_turns(rows[1], "commented")  # '= $<<12/60=0.2>>0.2' loses its result
     assert code.splitlines()[0] == "# Weng earns 12/60 per minute."
+    bare = Problem("b", "Run 12 miles?", "12", "They run <<12=12>>12 miles a day.")
+    assert reference_turns(bare, "commented")[0] == "# They run 12 miles a day.\nprint(12)"
     plain = Problem("p", "2+2?", "4", "Two and two make four.")
     assert reference_turns(plain, "commented") == (None, "Two and two make four.\nThe answer is \\boxed{4}.")
     with pytest.raises(ValueError, match="valid: restate, commented"):
