@@ -23,10 +23,6 @@ from __future__ import annotations
 from agentic_gcpo.ledger import Trajectory
 from agentic_gcpo.verify import verify
 
-# Algorithms that shape by default when reward.overlong_buffer is None: the buffer as a fraction of
-# the budget (the DAPO recipe uses 4096 of 20480 tokens, 0.2; our budgets are small, so a quarter).
-DEFAULT_BUFFER = {"dapo": 0.25}
-
 
 def overlong_penalty(length: int, max_len: int, buffer: int, factor: float = 1.0) -> float:
     """DAPO's soft overlong punishment for a response of `length` tokens (0 or negative)."""
@@ -37,9 +33,9 @@ def overlong_penalty(length: int, max_len: int, buffer: int, factor: float = 1.0
     return factor * ((max_len - buffer) - length) / buffer
 
 
-def resolve_buffer(buffer: float | None, algorithm: str) -> float:
-    """reward.overlong_buffer as configured, or the algorithm's default (0 = off)."""
-    return DEFAULT_BUFFER.get(algorithm, 0.0) if buffer is None else buffer
+def resolve_buffer(buffer: float | None, algorithm_default: float) -> float:
+    """reward.overlong_buffer as configured, or the algorithm's own default (`Algorithm.overlong_buffer`)."""
+    return algorithm_default if buffer is None else buffer
 
 
 def trajectory_penalty(t: Trajectory, turn_max: int, max_turns: int, buffer: float, factor: float) -> float:

@@ -165,7 +165,7 @@ class Trainer:
         self.batches = batches(self.problems, cfg.train.prompts_per_step, cfg.run.seed, cfg.data.shuffle)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._next_gid = 0  # group ids stay unique across steps and sampling rounds
-        self.overlong_buffer = resolve_buffer(cfg.reward.overlong_buffer, cfg.algorithm.name)
+        self.overlong_buffer = resolve_buffer(cfg.reward.overlong_buffer, self.algo.overlong_buffer)
 
     # --- one step ----------------------------------------------------------------------------
     def inject(

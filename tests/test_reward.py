@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agentic_gcpo.algorithms import get_algorithm
 from agentic_gcpo.ledger import Source, Trajectory
 from agentic_gcpo.reward import overlong_penalty, resolve_buffer, score, trajectory_penalty
 
@@ -30,10 +31,11 @@ def test_overlong_penalty_factor_and_off():
 
 
 def test_resolve_buffer_defaults():
-    assert resolve_buffer(None, "dapo") == 0.25
-    assert resolve_buffer(None, "gcpo") == 0.0  # off unless asked for
-    assert resolve_buffer(0.1, "gcpo") == 0.1
-    assert resolve_buffer(0.0, "dapo") == 0.0
+    dapo, gcpo = get_algorithm("dapo").overlong_buffer, get_algorithm("gcpo").overlong_buffer
+    assert resolve_buffer(None, dapo) == 0.25
+    assert resolve_buffer(None, gcpo) == 0.0  # off unless asked for
+    assert resolve_buffer(0.1, gcpo) == 0.1
+    assert resolve_buffer(0.0, dapo) == 0.0
 
 
 def _traj(text: str, *turns: int) -> Trajectory:

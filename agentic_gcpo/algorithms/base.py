@@ -89,11 +89,14 @@ class Algorithm:
     aggregation: AggregationMode
     injects_golden: bool
     # Dynamic sampling, as data rather than trainer branches. `drop_degenerate_groups`: groups whose
-    # rewards are all equal are discarded before the update (DAPO). `needs_more(rewards, group_ids,
+    # members are all correct or all wrong are discarded before the update (DAPO). `needs_more(rewards, group_ids,
     # cfg, target_groups)`: after a sampling round, True asks the trainer for another round of
     # prompts (up to train.max_sampling_rounds); GPG's beta_th rule and DAPO's "fill the batch".
     drop_degenerate_groups: bool = False
     needs_more: SamplingRule | None = None
+    # Overlong reward shaping used when reward.overlong_buffer is unset: the ramp as a fraction of
+    # the token budget (see reward.py); 0 = off.
+    overlong_buffer: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------- groups
