@@ -14,7 +14,7 @@ from agentic_gcpo.tools_cli import add_tools_parser
 def _train(args: argparse.Namespace) -> int:
     from agentic_gcpo.data import DataError
     from agentic_gcpo.models import ModelLoadError
-    from agentic_gcpo.trainer import Trainer
+    from agentic_gcpo.train.trainer import Trainer
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -17,11 +17,11 @@ from agentic_gcpo.data import FORMATS
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from agentic_gcpo.agent_loop import LoopLimits
     from agentic_gcpo.data import DataError, load_problems
     from agentic_gcpo.evaluate import evaluate
     from agentic_gcpo.models import ModelLoadError
     from agentic_gcpo.report import write_results
+    from agentic_gcpo.rollout.agent_loop import LoopLimits
     from agentic_gcpo.sandbox import SandboxConfig
     from agentic_gcpo.tool_registry import ToolLoadError
 

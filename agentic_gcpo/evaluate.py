@@ -25,11 +25,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentic_gcpo.agent_loop import AgentLoop, LoopLimits
-from agentic_gcpo.chat import DEFAULT_SYSTEM, ChatFormat
 from agentic_gcpo.data import Problem
 from agentic_gcpo.ledger import Trajectory
 from agentic_gcpo.metrics import rollout_metrics
+from agentic_gcpo.rollout.agent_loop import AgentLoop, LoopLimits
+from agentic_gcpo.rollout.chat import DEFAULT_SYSTEM, ChatFormat
 from agentic_gcpo.verify import check_modes, is_equivalent, verify
 
 # chat.py's answer instruction starts with "Then" (it follows the python how-to); without tools

@@ -115,8 +115,8 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def _prompt(args: argparse.Namespace) -> int:
-    from agentic_gcpo.chat import ChatFormat
     from agentic_gcpo.models import load_tokenizer
+    from agentic_gcpo.rollout.chat import ChatFormat
     from agentic_gcpo.tool_registry import get_tools
 
     try:

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agentic_gcpo.config import load_config  # noqa: E402
-from agentic_gcpo.trainer import Trainer  # noqa: E402
+from agentic_gcpo.train.trainer import Trainer  # noqa: E402
 
 ACC, TOOLS = "eval/pass@1", "eval/tools/traj_with_call_frac"
 

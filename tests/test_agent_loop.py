@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from agentic_gcpo.agent_loop import AgentLoop, LoopLimits
-from agentic_gcpo.chat import ChatFormat
 from agentic_gcpo.data import Problem
 from agentic_gcpo.engines import Completion, Engine, SamplingParams, make_engine
 from agentic_gcpo.ledger import Source
-from agentic_gcpo.policy import token_logprobs
+from agentic_gcpo.rollout.agent_loop import AgentLoop, LoopLimits
+from agentic_gcpo.rollout.chat import ChatFormat
+from agentic_gcpo.train.policy import token_logprobs
 
 
 class ScriptedEngine(Engine):

@@ -24,13 +24,13 @@ import pytest
 import torch
 
 from agentic_gcpo.algorithms import REGISTRY
-from agentic_gcpo.chat import ChatFormat
 from agentic_gcpo.config import load_config
 from agentic_gcpo.ledger import Source, Trajectory
 from agentic_gcpo.metrics import Timer
 from agentic_gcpo.models import tiny_model
-from agentic_gcpo.policy import pack, token_logprobs
-from agentic_gcpo.trainer import Trainer
+from agentic_gcpo.rollout.chat import ChatFormat
+from agentic_gcpo.train.policy import pack, token_logprobs
+from agentic_gcpo.train.trainer import Trainer
 
 QUESTION = "What is 6 times 7?"
 ANSWER = "\\boxed{42}"

@@ -11,8 +11,8 @@ import copy
 
 import pytest
 
-from agentic_gcpo.chat import FEWSHOT, ChatFormat
 from agentic_gcpo.ledger import Source, Trajectory
+from agentic_gcpo.rollout.chat import FEWSHOT, ChatFormat
 
 # A Hermes/Qwen-style template with tool support, written for this test (tool turns are wrapped
 # in <tool_response> inside a user turn, consecutive tool messages share one turn).
@@ -122,7 +122,7 @@ def test_bad_formats_are_rejected(tiny, python_tools):
 
 
 def test_fewshot_outputs_are_what_the_sandbox_prints(sandbox):
-    from agentic_gcpo.tool_calls import parse_turn
+    from agentic_gcpo.rollout.tool_calls import parse_turn
 
     for i, (_, a1, obs, _) in enumerate(FEWSHOT):
         code = parse_turn(a1, "fenced", {"python"}).calls[0].arguments["code"]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from agentic_gcpo.data import DataError, batches, load_problems
-from agentic_gcpo.trainer import resolve_data_path
+from agentic_gcpo.train.trainer import resolve_data_path
 
 
 def test_shipped_subset_loads():

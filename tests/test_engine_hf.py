@@ -8,7 +8,7 @@ import math
 import torch
 
 from agentic_gcpo.engines import SamplingParams, make_engine
-from agentic_gcpo.policy import token_logprobs
+from agentic_gcpo.train.policy import token_logprobs
 
 
 def _engine(tiny, dtype="float32"):

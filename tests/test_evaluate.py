@@ -12,13 +12,13 @@ import time
 
 import pytest
 
-from agentic_gcpo.agent_loop import LoopLimits
 from agentic_gcpo.data import Problem
 from agentic_gcpo.engines import make_engine
 from agentic_gcpo.eval_cli import run_eval_cli
 from agentic_gcpo.evaluate import eval_metrics, evaluate, majority_vote, make_chat, pass_at_k
 from agentic_gcpo.ledger import Source, ToolCallRecord, Trajectory
 from agentic_gcpo.report import transcript
+from agentic_gcpo.rollout.agent_loop import LoopLimits
 
 
 @pytest.mark.parametrize(

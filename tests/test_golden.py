@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from agentic_gcpo.chat import ChatFormat
 from agentic_gcpo.data import Problem, load_problems
-from agentic_gcpo.golden import GoldenSource, python_expr, reference_turns
 from agentic_gcpo.ledger import Source
-from agentic_gcpo.trainer import resolve_data_path
+from agentic_gcpo.rollout.chat import ChatFormat
+from agentic_gcpo.rollout.golden import GoldenSource, python_expr, reference_turns
+from agentic_gcpo.train.trainer import resolve_data_path
 
 
 @pytest.fixture(scope="module")

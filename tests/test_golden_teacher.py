@@ -12,15 +12,15 @@ import json
 import pytest
 import torch
 
-from agentic_gcpo.agent_loop import LoopLimits
-from agentic_gcpo.chat import ChatFormat
 from agentic_gcpo.config import load_config
 from agentic_gcpo.data import Problem
-from agentic_gcpo.golden import GoldenSource
-from agentic_gcpo.golden_teacher import TeacherGoldens, clean_turns
 from agentic_gcpo.ledger import ToolCallRecord, Trajectory
 from agentic_gcpo.models import tiny_model
-from agentic_gcpo.policy import pack, token_logprobs
+from agentic_gcpo.rollout.agent_loop import LoopLimits
+from agentic_gcpo.rollout.chat import ChatFormat
+from agentic_gcpo.rollout.golden import GoldenSource
+from agentic_gcpo.rollout.golden_teacher import TeacherGoldens, clean_turns
+from agentic_gcpo.train.policy import pack, token_logprobs
 
 SOLVED = Problem(
     "six7",
@@ -145,7 +145,7 @@ def test_teacher_source_needs_a_path():
 
 
 def test_trainer_runs_with_a_teacher_source(tmp_path):
-    from agentic_gcpo.trainer import Trainer
+    from agentic_gcpo.train.trainer import Trainer
 
     cache = tmp_path / "cache.jsonl"
     cfg = load_config(

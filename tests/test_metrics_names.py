@@ -10,7 +10,7 @@ import pytest
 
 from agentic_gcpo.algorithms import REGISTRY
 from agentic_gcpo.config import load_config
-from agentic_gcpo.trainer import Trainer
+from agentic_gcpo.train.trainer import Trainer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -6,7 +6,7 @@ import pytest
 
 from agentic_gcpo.algorithms import get_algorithm
 from agentic_gcpo.ledger import Source, Trajectory
-from agentic_gcpo.reward import overlong_penalty, resolve_buffer, score, trajectory_penalty
+from agentic_gcpo.train.reward import overlong_penalty, resolve_buffer, score, trajectory_penalty
 
 
 @pytest.mark.parametrize(

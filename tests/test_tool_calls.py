@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentic_gcpo.tool_calls import (
+from agentic_gcpo.rollout.tool_calls import (
     JSON_CLOSE,
     JSON_OPEN,
     MAX_CALLS_PER_TURN,
@@ -179,12 +179,12 @@ def test_non_string_input_does_not_raise():
 
 # --- the counters reach the metrics -----------------------------------------------------------
 def test_counters_reach_rollout_metrics():
-    from agentic_gcpo.agent_loop import AgentLoop, LoopLimits
-    from agentic_gcpo.chat import ChatFormat
     from agentic_gcpo.data import Problem
     from agentic_gcpo.engines.base import Completion, Engine
     from agentic_gcpo.metrics import rollout_metrics
     from agentic_gcpo.models import load_tokenizer
+    from agentic_gcpo.rollout.agent_loop import AgentLoop, LoopLimits
+    from agentic_gcpo.rollout.chat import ChatFormat
 
     tok = load_tokenizer("embedded")
     script = {

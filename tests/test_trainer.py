@@ -9,9 +9,9 @@ import torch
 
 from agentic_gcpo.cli import main
 from agentic_gcpo.config import load_config
-from agentic_gcpo.policy import pack, token_logprobs
-from agentic_gcpo.reward import score
-from agentic_gcpo.trainer import Trainer
+from agentic_gcpo.train.policy import pack, token_logprobs
+from agentic_gcpo.train.reward import score
+from agentic_gcpo.train.trainer import Trainer
 
 BASE = [
     "model.path=tiny",

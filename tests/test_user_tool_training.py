@@ -31,7 +31,7 @@ def my_tool(numbers: list[float], scale: float = 1.0) -> float:
 
 def test_user_tool_in_a_one_step_run(tmp_path):
     from agentic_gcpo.config import load_config
-    from agentic_gcpo.trainer import Trainer
+    from agentic_gcpo.train.trainer import Trainer
 
     path = tmp_path / "my_tools.py"
     path.write_text(textwrap.dedent(USER_TOOLS))

@@ -22,22 +22,22 @@ from typing import Any
 
 import torch
 
-from agentic_gcpo.agent_loop import AgentLoop, LoopLimits
 from agentic_gcpo.algorithms import aggregate, get_algorithm
-from agentic_gcpo.chat import ChatFormat
 from agentic_gcpo.config import Config, save_config
 from agentic_gcpo.data import Problem, batches, load_problems
 from agentic_gcpo.engines import make_engine
 from agentic_gcpo.evaluate import eval_metrics
-from agentic_gcpo.golden import GoldenSource
-from agentic_gcpo.golden_teacher import teacher_from_config
 from agentic_gcpo.ledger import Trajectory
 from agentic_gcpo.metrics import MetricsLogger, Timer, rollout_metrics
 from agentic_gcpo.models import load_named
-from agentic_gcpo.policy import pack, token_logprobs
-from agentic_gcpo.reward import resolve_buffer, score
+from agentic_gcpo.rollout.agent_loop import AgentLoop, LoopLimits
+from agentic_gcpo.rollout.chat import ChatFormat
+from agentic_gcpo.rollout.golden import GoldenSource
+from agentic_gcpo.rollout.golden_teacher import teacher_from_config
 from agentic_gcpo.sandbox import make_sandbox
 from agentic_gcpo.tool_registry import get_tools
+from agentic_gcpo.train.policy import pack, token_logprobs
+from agentic_gcpo.train.reward import resolve_buffer, score
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -53,11 +53,11 @@ def make_run_dir(cfg: Config) -> Path:
 def resolve_data_path(path: str) -> Path:
     """'builtin:NAME' -> the shipped asset; relative paths resolve against the CWD, then the repo root."""
     if path.startswith("builtin:"):
-        return Path(__file__).resolve().parent / "assets" / f"{path.split(':', 1)[1]}.jsonl"
+        return Path(__file__).resolve().parents[1] / "assets" / f"{path.split(':', 1)[1]}.jsonl"
     p = Path(path)
     if p.is_absolute() or p.exists():
         return p
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     return repo / p if (repo / p).exists() else p
 
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentic_gcpo.agent_loop import AgentLoop, LoopLimits
-from agentic_gcpo.chat import ChatFormat
 from agentic_gcpo.data import Problem
 from agentic_gcpo.ledger import Trajectory
+from agentic_gcpo.rollout.agent_loop import AgentLoop, LoopLimits
+from agentic_gcpo.rollout.chat import ChatFormat
 from agentic_gcpo.verify import verify
 
 logger = logging.getLogger(__name__)

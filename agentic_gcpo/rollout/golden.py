@@ -22,10 +22,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from agentic_gcpo.chat import ChatFormat
 from agentic_gcpo.data import Problem
-from agentic_gcpo.golden_teacher import TeacherGoldens
 from agentic_gcpo.ledger import Source, ToolCallRecord, Trajectory
+from agentic_gcpo.rollout.chat import ChatFormat
+from agentic_gcpo.rollout.golden_teacher import TeacherGoldens
 from agentic_gcpo.tool_registry import ToolContext
 from agentic_gcpo.verify import verify
 
@@ -192,7 +192,7 @@ def _turns_from_messages(
     messages: list[dict[str, Any]], tool_names: set[str]
 ) -> list[tuple[str, list[dict[str, Any]]]]:
     """A row's golden message list -> [(assistant text, [tool calls parsed from it])...]."""
-    from agentic_gcpo.tool_calls import parse_turn
+    from agentic_gcpo.rollout.tool_calls import parse_turn
 
     turns = []
     for m in messages:

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from agentic_gcpo.chat import ChatFormat
 from agentic_gcpo.data import Problem
 from agentic_gcpo.engines.base import Engine, SamplingParams
 from agentic_gcpo.ledger import Source, ToolCallRecord, Trajectory
-from agentic_gcpo.tool_calls import parse_turn
+from agentic_gcpo.rollout.chat import ChatFormat
+from agentic_gcpo.rollout.tool_calls import parse_turn
 from agentic_gcpo.tool_registry import Tool, ToolContext
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentic_gcpo.ledger import Source
-from agentic_gcpo.tool_calls import JSON_CLOSE, JSON_OPEN, STOP_STRINGS
+from agentic_gcpo.rollout.tool_calls import JSON_CLOSE, JSON_OPEN, STOP_STRINGS
 
 DEFAULT_SYSTEM = "You are a careful math assistant."
 PYTHON_HOWTO = (

@@ -1,0 +1,1 @@
+"""Trajectories: the agent loop, chat rendering, tool-call parsing and golden builders."""
