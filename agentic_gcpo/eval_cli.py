@@ -122,7 +122,12 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--fewshot", type=int, default=0, choices=range(4), help="worked tool examples (0-3)")
     e.add_argument("--call-format", default="auto", choices=("auto", "fenced", "json"))
     e.add_argument("--batch-size", type=int, default=32, help="sequences per engine call")
-    e.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    e.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "bfloat16", "float32"),
+        help="sampling dtype; auto: bf16 only where the hardware has native bf16",
+    )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--extract", default=None, help="extraction modes in order, e.g. boxed,answer_is")
     e.add_argument("--verify-timeout", type=float, default=2.0, help="seconds per answer comparison")

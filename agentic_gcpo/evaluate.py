@@ -217,7 +217,7 @@ def evaluate(
     tool_modules: list[str] | None = None,
     sandbox_cfg: Any = None,
     engine: str = "hf",
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
     max_batch_size: int = 32,
     call_format: str = "auto",
     system: str | None = None,
@@ -253,15 +253,17 @@ def evaluate(
 
         bar = tqdm(total=len(problems), desc=f"eval k={k}", unit="problem", dynamic_ncols=True)
     t0 = time.perf_counter()
+    done = False
     try:
         chunk = max(1, max_batch_size // k)
         results = run_problems(loop, problems, k, seed, chunk, verify_timeout_s, modes, bar)
+        done = True
     finally:
         if bar is not None:
             bar.close()
-        loop.close()
-        if sandbox is not None:
+        if sandbox is not None:  # first: a running tool call returns once its worker is killed
             sandbox.close()
+        loop.close(wait=done)  # interrupted: queued tool calls are cancelled, running ones not joined
     wall = time.perf_counter() - t0
     settings = {
         "k": k,
@@ -272,7 +274,8 @@ def evaluate(
         "limits": vars(limits),
         "seed": seed,
         "engine": engine,
-        "dtype": dtype,
+        "dtype": getattr(eng, "precision", None) and eng.precision.dtype or dtype,
+        "dtype_reason": getattr(eng, "precision", None) and eng.precision.reason or "",
         "max_batch_size": max_batch_size,
         "verify_timeout_s": verify_timeout_s,
         "extract_modes": list(modes),
@@ -303,7 +306,9 @@ def eval_metrics(
         results = run_problems(
             loop, problems, k, seed, chunk=max(1, getattr(engine, "max_batch_size", 32) // k)
         )
-    finally:
-        loop.close()
+    except BaseException:  # Ctrl-C or a failure: do not wait for tool calls still running; re-raised
+        loop.close(wait=False)
+        raise
+    loop.close()
     m = summarise(results, k, time.perf_counter() - t0)
     return {f"{prefix}{name}": v for name, v in m.items()}

@@ -85,7 +85,7 @@ def _cfg(tmp_path, algo: str, *extra: str):
             "rollout.max_new_tokens_per_turn=8",
             "train.prompts_per_step=2",
             "train.max_sampling_rounds=2",
-            "train.autocast_bf16=false",
+            "train.precision=float32",
             "train.save_final=false",
             *extra,
         ],

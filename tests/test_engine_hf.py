@@ -149,3 +149,87 @@ def test_generation_hands_the_shared_module_back_in_its_mode(tiny):
     model.eval()
     eng.generate([_ids(_prompt(tok, "hi"))], [SamplingParams(2, temperature=0)])
     assert not model.training
+
+
+def _two_turns(eng, tok, prompts, tool_text="\n<|im_start|>user\nresult: 42<|im_end|>\n<|im_start|>assistant\n"):
+    """Turn 1 from `prompts`, then turn 2 from prompt + completion + a tool-like delta (greedy)."""
+    first = eng.generate(prompts, [SamplingParams(7, temperature=0)] * len(prompts))
+    delta = tok(tool_text, add_special_tokens=False).input_ids
+    second_prompts = [p + c.token_ids + delta for p, c in zip(prompts, first)]
+    # a fresh prompt in the same batch: one row hits the cache, another does not
+    second_prompts.append(_ids(_prompt(tok, "A brand new question with no history")))
+    second = eng.generate(second_prompts, [SamplingParams(9, temperature=0)] * len(second_prompts))
+    return first, second
+
+
+def test_prefix_cache_gives_the_same_tokens_and_logprobs_as_a_full_prefill(tiny):
+    """Turn 2 prefills only the new tokens when turn 1's KV is kept; the result must not change."""
+    model, tok = tiny
+    prompts = [_ids(_prompt(tok, "First question?")), _ids(_prompt(tok, "Second, a longer question here?"))]
+    cached = make_engine("hf", model, tok, dtype="float32", max_batch_size=8)
+    plain = make_engine("hf", model, tok, dtype="float32", max_batch_size=8, prefix_cache_mb=0)
+    f1, s1 = _two_turns(cached, tok, prompts)
+    f2, s2 = _two_turns(plain, tok, prompts)
+    assert cached.cache.hits == 2 and plain.cache.hits == 0
+    assert cached.cache.reused_tokens == sum(len(p) + len(c.token_ids) - 1 for p, c in zip(prompts, f1))
+    for a, b in zip(f1 + s1, f2 + s2):
+        assert a.token_ids == b.token_ids
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+
+
+def test_prefix_cache_is_dropped_when_the_weights_change(tiny):
+    model, tok = tiny
+    eng = make_engine("hf", model, tok, dtype="float32")
+    eng.generate([_ids(_prompt(tok, "hi"))], [SamplingParams(3, temperature=0)])
+    assert len(eng.cache) == 1
+    eng.update_weights(None)
+    assert len(eng.cache) == 0
+
+
+def test_bf16_engine_samples_from_its_own_copy_refreshed_at_sync(tiny):
+    """bf16: a bf16 copy of the weights samples (no per-step autocast); a sync copies new weights."""
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    eng = make_engine("hf", model, tok, dtype="bfloat16")
+    assert eng.sampler is not model and next(eng.sampler.parameters()).dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32  # the trainer's master weights untouched
+    with torch.no_grad():
+        model.lm_head.weight.add_(0.5)
+    eng.update_weights(None)
+    assert torch.equal(eng.sampler.lm_head.weight, model.lm_head.weight.to(torch.bfloat16))
+    p = _ids(_prompt(tok, "bf16 check"))
+    o = eng.generate([p], [SamplingParams(6, temperature=1.0, seed=1)])[0]
+    ids = torch.tensor([p + o.token_ids])
+    lp = token_logprobs(model, ids, torch.ones_like(ids), autocast_bf16=False)[0, len(p) - 1 :]
+    # bf16 sampling vs the fp32 trainer: close, not equal (the gap is logged as rollout/logprob_abs_diff)
+    assert (lp - torch.tensor(o.logprobs)).abs().max() < 0.1
+
+
+def test_float32_engine_shares_the_trainers_module(tiny):
+    model, tok = tiny
+    assert make_engine("hf", model, tok, dtype="float32").sampler is model
+
+
+def test_top_p_keeps_sampling_inside_the_nucleus(tiny):
+    """With top_p tiny, sampling at T=1 must pick the most likely token (the nucleus is one token)."""
+    model, tok = tiny
+    eng = _engine(tiny)
+    p = _ids(_prompt(tok, "nucleus"))
+    greedy = eng.generate([p], [SamplingParams(6, temperature=0)])[0].token_ids
+    nucleus = eng.generate([p], [SamplingParams(6, temperature=1.0, top_p=1e-6, seed=s) for s in (1,)])[0]
+    assert nucleus.token_ids == greedy
+
+
+def test_batched_sampler_draws_from_the_tempered_distribution():
+    """Inverse-CDF sampling with per-row RNGs: frequencies match softmax(logits / T)."""
+    import random
+
+    from agentic_gcpo.engines.hf import sample_batch
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(4000, 1)
+    params = [SamplingParams(1, temperature=0.5)] * 4000
+    toks, lps = sample_batch(logits, params, [random.Random(i) for i in range(4000)])
+    want = torch.softmax(logits[0] / 0.5, -1)
+    freq = torch.bincount(torch.tensor(toks), minlength=4).float() / 4000
+    assert torch.allclose(freq, want, atol=0.02), (freq, want)
+    assert all(abs(lp - float(want[t].log())) < 1e-5 for t, lp in zip(toks[:50], lps[:50]))

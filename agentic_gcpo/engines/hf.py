@@ -3,35 +3,81 @@
 Why not `model.generate`: we need, per row, the exact sampled ids, the sampler's logprob of each,
 stop strings checked on the row's own new text, and rows that finish early dropped from the batch
 (a long tail of one rambling rollout should not keep 31 finished rows decoding pad tokens). The
-loop below is ~100 lines and does exactly that.
+loop below does exactly that, and three things that make multi-turn rollouts cheap on a CPU:
 
-The engine shares the trainer's module when they live in one process (CPU default): after an
-optimizer step the weights are already current, so `update_weights(None)` only bumps a version.
+- The G rollouts of a problem share one prefill (identical prompts are prefilled once).
+- A finished row's KV cache is kept (`PrefixCache`); the next turn of that conversation, which
+  arrives as prompt + sampled ids + tool-turn ids, prefills only the new tokens.
+- The vocabulary projection runs only where logits are used: the last position of a prefill.
+
+Precision: `dtype="auto"` picks float32 or bfloat16 from the hardware (agentic_gcpo.precision).
+In bf16 the engine samples from its own bf16 copy of the weights, refreshed at `update_weights`,
+rather than autocasting the fp32 master weights at every decode step. In float32 it shares the
+trainer's module, so after an optimizer step the weights are already current and
+`update_weights(None)` only drops the now-stale prefix cache.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
+import inspect
+import logging
+import random
 from typing import Any
 
 import torch
 
 from agentic_gcpo.engines.base import Completion, Engine, SamplingParams
+from agentic_gcpo.engines.kv_cache import CacheEntry, PrefixCache, growing_cache
+from agentic_gcpo.precision import resolve
+
+logger = logging.getLogger(__name__)
 
 
 class HFEngine(Engine):
-    def __init__(self, model: Any, tokenizer: Any, dtype: str = "bfloat16", max_batch_size: int = 32) -> None:
-        self.model = model
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        dtype: str = "auto",
+        max_batch_size: int = 32,
+        prefix_cache_mb: int = 2048,
+    ) -> None:
+        self.model = model  # the trainer's module (fp32 master weights when training)
         self.tokenizer = tokenizer
-        self.autocast = dtype == "bfloat16"
+        device = next(model.parameters()).device
+        self.precision = resolve(dtype, device)
+        self.sampler = self._sampling_module(model, self.precision.torch_dtype)
         self.max_batch_size = max_batch_size
         self.weight_version = 0
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.cache = PrefixCache(prefix_cache_mb * 2**20)
+        params = inspect.signature(self.sampler.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    @staticmethod
+    def _sampling_module(model: Any, dtype: torch.dtype) -> Any:
+        if next(model.parameters()).dtype == dtype:
+            return model
+        # Parameters only: buffers such as RoPE's inv_freq stay fp32, as the model computes them.
+        sampler = copy.deepcopy(model).eval()
+        for p in sampler.parameters():
+            p.requires_grad_(False)
+            p.data = p.data.to(dtype)
+        return sampler
 
     def update_weights(self, state_dict: dict[str, Any] | None = None) -> None:
         if state_dict is not None:
             self.model.load_state_dict(state_dict)
+        if self.sampler is not self.model:
+            with torch.no_grad():  # same module structure, so parameters() line up (tied ones once)
+                for dst, src in zip(self.sampler.parameters(), self.model.parameters()):
+                    dst.copy_(src)
+        self.cache.clear()  # keys/values computed by the old weights are wrong for the new ones
         self.weight_version += 1
+
+    def close(self) -> None:
+        self.cache.clear()
 
     def generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Completion]:
         if len(prompts) != len(params):
@@ -42,67 +88,113 @@ class HFEngine(Engine):
         # Similar lengths together waste less padding; results go back in input order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[Completion | None] = [None] * len(prompts)
-        was_training = self.model.training
-        self.model.eval()
-        try:  # the trainer shares this module: give it back in train mode even if generation fails
+        was_training = self.sampler.training
+        self.sampler.eval()
+        try:  # the trainer may share this module: give it back in its mode even if generation fails
             for k in range(0, len(order), self.max_batch_size):
                 chunk = order[k : k + self.max_batch_size]
                 batch = self._generate_batch([prompts[i] for i in chunk], [params[i] for i in chunk])
                 for i, c in zip(chunk, batch):
                     out[i] = c
         finally:
-            self.model.train(was_training)
+            self.sampler.train(was_training)
         return out  # type: ignore[return-value]
+
+    def _prefill(
+        self, distinct: list[list[int]], device: torch.device, room: int
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the model over what the cache does not hold of each distinct prompt.
+
+        Layout of row u (P = its cached length, S = its new tokens; both left padded):
+            [pad .. pad | cached K/V (P) | pad .. pad | new tokens (S)]
+             <------- Pmax ------------>  <--------- Smax ----------->
+        Padding in the middle is harmless: the 2-D attention mask hides it and position ids are
+        given explicitly. Returns (past, last logits [U, V], attention mask, next position [U]).
+        """
+        hits = [self.cache.take(p) for p in distinct]
+        P = [len(h.ids) if h else 0 for h in hits]
+        suffix = [p[n:] for p, n in zip(distinct, P)]
+        U, Pmax, Smax = len(distinct), max(P), max(len(s) for s in suffix)
+        ids = torch.full((U, Smax), self.pad_id, dtype=torch.long, device=device)
+        attn = torch.zeros((U, Pmax + Smax), dtype=torch.long, device=device)
+        pos = torch.zeros((U, Smax), dtype=torch.long, device=device)
+        for u, (s, n) in enumerate(zip(suffix, P)):
+            ids[u, Smax - len(s) :] = torch.tensor(s, device=device)
+            attn[u, Pmax - n : Pmax] = 1
+            attn[u, Pmax + Smax - len(s) :] = 1
+            pos[u, Smax - len(s) :] = torch.arange(n, n + len(s), device=device)
+        layers = []
+        if Pmax:
+            ref = next(h for h in hits if h is not None).kv
+            for li, (k0, _) in enumerate(ref):
+                H, D = k0.shape[0], k0.shape[-1]
+                k = torch.zeros((U, H, Pmax, D), dtype=k0.dtype, device=device)
+                v = torch.zeros_like(k)
+                for u, h in enumerate(hits):
+                    if h is not None:
+                        k[u, :, Pmax - P[u] :] = h.kv[li][0]
+                        v[u, :, Pmax - P[u] :] = h.kv[li][1]
+                layers.append((k, v))
+        n_layers = self.sampler.config.get_text_config().num_hidden_layers
+        # reserve the new tokens too when the buffer starts with cached K/V: no reallocation this turn
+        past = growing_cache(n_layers, room + Smax if Pmax else room, layers)
+        # logits_to_keep=1 -> [U, 1, V]: the projection of every other prompt position is never used
+        past, logits = self._forward(ids, attn, pos, past, logits_to_keep=1)
+        next_pos = torch.tensor([n + len(s) for s, n in zip(suffix, P)], device=device)
+        return past, logits, attn, next_pos
+
+    def _forward(
+        self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, past: Any, **kw: Any
+    ) -> tuple[Any, torch.Tensor]:
+        """One model call -> (KV cache, last-position logits [n, V] fp32). transformers renamed
+        `past_key_values` to `cache` within 5.x; use whichever the installed version takes."""
+        key = self._cache_kw
+        out = self.sampler(
+            input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **{key: past}, **kw
+        )
+        return getattr(out, key), out.logits[:, -1, :].float()
+
+    def _keep(self, past: Any, row: int, attn_row: torch.Tensor, ids: list[int]) -> None:
+        """Store one finished row's keys/values (only its unpadded positions) for its next turn."""
+        valid = attn_row.bool()
+        kv = [
+            (layer.keys[row][:, valid].clone(), layer.values[row][:, valid].clone()) for layer in past.layers
+        ]
+        if kv and kv[0][0].shape[1] == len(ids):  # a mismatch would be a bug; never cache wrong K/V
+            self.cache.put(CacheEntry(tuple(ids), kv))
+        else:
+            logger.warning(
+                "prefix cache: %d cached positions for %d ids; not kept", kv[0][0].shape[1], len(ids)
+            )
 
     @torch.no_grad()
     def _generate_batch(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Completion]:
-        model = self.model
-        device = next(model.parameters()).device
+        device = next(self.sampler.parameters()).device
         B = len(prompts)
         # The G rollouts of a problem start from the same prompt: prefill each distinct prompt once
         # and copy its KV cache, which saves (G-1)/G of the prefill on the first turn.
         uniq: dict[tuple[int, ...], int] = {}
         row_src = [uniq.setdefault(tuple(p), len(uniq)) for p in prompts]  # row -> distinct prompt
-        distinct = [list(k) for k in uniq]
-        U, T = len(distinct), max(len(p) for p in prompts)
-        ids = torch.full((U, T), self.pad_id, dtype=torch.long, device=device)  # left padded
-        attn = torch.zeros((U, T), dtype=torch.long, device=device)
-        for i, p in enumerate(distinct):
-            ids[i, T - len(p) :] = torch.tensor(p, device=device)
-            attn[i, T - len(p) :] = 1
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)  # [U, T] positions ignore the left padding
+        room = max(p.max_new_tokens for p in params)  # the cache never reallocates during this turn
+        past, logits, attn, next_pos = self._prefill([list(k) for k in uniq], device, room)
+        if len(uniq) < B:
+            expand = torch.tensor(row_src, device=device)
+            past.batch_select_indices(expand)
+            logits, attn, next_pos = logits[expand], attn[expand], next_pos[expand]  # [B, ...]
 
-        gens = []
-        for p in params:
-            g = torch.Generator(device="cpu")
-            g.manual_seed(p.seed if p.seed is not None else torch.randint(0, 2**31 - 1, (1,)).item())
-            gens.append(g)
+        rngs = [random.Random(p.seed if p.seed is not None else random.getrandbits(31)) for p in params]
         max_stop_chars = max([len(s) for p in params for s in p.stop] + [1])
-
         toks: list[list[int]] = [[] for _ in range(B)]
         lps: list[list[float]] = [[] for _ in range(B)]
         done: list[Completion | None] = [None] * B
         alive = list(range(B))  # original row index of each row still in the batch
-        amp = torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast and device.type == "cpu" else None
-        ctx = amp if amp is not None else contextlib.nullcontext()
-
-        with ctx:
-            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1, :].float()  # [U, V]
-        next_pos = pos[:, -1] + 1  # [U]
-        if U < B:
-            expand = torch.tensor(row_src, device=device)
-            past.batch_select_indices(expand)
-            logits, attn, next_pos = logits[expand], attn[expand], next_pos[expand]  # [B, ...]
         while alive:
-            new_tok = torch.empty(len(alive), dtype=torch.long)
+            new_tok, new_lp = sample_batch(logits, [params[i] for i in alive], [rngs[i] for i in alive])
             keep: list[int] = []
             for r, i in enumerate(alive):
-                p = params[i]
-                tok, lp = _sample(logits[r], p.temperature, p.top_p, gens[i])
-                new_tok[r] = tok
+                p, tok = params[i], new_tok[r]
                 toks[i].append(tok)
-                lps[i].append(lp)
+                lps[i].append(new_lp[r])
                 fin = None
                 if tok in p.stop_token_ids:
                     fin = Completion(toks[i], lps[i], "stop", tok)
@@ -115,47 +207,52 @@ class HFEngine(Engine):
                     fin = Completion(toks[i], lps[i], "length", None)
                 if fin is not None:
                     done[i] = fin
+                    # the cache holds every token fed so far: the prompt and all sampled but the last
+                    self._keep(past, r, attn[r], prompts[i] + toks[i][:-1])
                 else:
                     keep.append(r)
             if not keep:
                 break
+            step_tok = torch.tensor(new_tok, dtype=torch.long, device=device)
             if len(keep) < len(alive):  # drop finished rows from every tensor and the KV cache
                 idx = torch.tensor(keep, device=device)
                 past.batch_select_indices(idx)
-                attn, next_pos, new_tok = attn[idx], next_pos[idx], new_tok[idx]
+                attn, next_pos, step_tok = attn[idx], next_pos[idx], step_tok[idx]
                 alive = [alive[r] for r in keep]
             attn = torch.cat([attn, torch.ones((len(alive), 1), dtype=attn.dtype, device=device)], dim=1)
-            with ctx:
-                out = model(
-                    input_ids=new_tok.view(-1, 1).to(device),
-                    attention_mask=attn,
-                    position_ids=next_pos.view(-1, 1),
-                    past_key_values=past,
-                    use_cache=True,
-                )
-            past, logits = out.past_key_values, out.logits[:, -1, :].float()
+            past, logits = self._forward(step_tok.view(-1, 1), attn, next_pos.view(-1, 1), past)
             next_pos = next_pos + 1
         return done  # type: ignore[return-value]
 
 
-def _sample(
-    logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator
-) -> tuple[int, float]:
-    """Sample one token from logits [V]; return it and its log-prob under the tempered softmax.
+def sample_batch(
+    logits: torch.Tensor, params: list[SamplingParams], rngs: list[random.Random]
+) -> tuple[list[int], list[float]]:
+    """Sample one token per row of logits [B, V]; return the tokens and their sampler logprobs.
 
-    The logprob is taken before top-p filtering (the convention SGLang uses); with top_p = 1 it is
-    exactly the distribution sampled from, which is what importance ratios need.
+    Vectorised inverse-CDF sampling: each row draws one uniform from its own seeded RNG, so a
+    row's tokens depend on its seed alone, not on which other rows share the batch. The logprob is
+    taken under the tempered softmax before top-p filtering (the convention SGLang uses); with
+    top_p = 1 it is exactly the distribution sampled from, which is what importance ratios need.
     """
-    if temperature <= 0:
-        logp = torch.log_softmax(logits, dim=-1)
-        tok = int(torch.argmax(logits))
-        return tok, float(logp[tok])
-    logp = torch.log_softmax(logits / temperature, dim=-1)
-    probs = logp.exp()
-    if top_p < 1.0:
-        sorted_p, sorted_i = torch.sort(probs, descending=True)
-        cut = torch.cumsum(sorted_p, 0) - sorted_p > top_p  # keep the smallest set reaching top_p
-        sorted_p[cut] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, sorted_i, sorted_p)
-    tok = int(torch.multinomial(probs, 1, generator=gen))
-    return tok, float(logp[tok])
+    B = logits.shape[0]
+    temps = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params], device=logits.device)
+    logp = torch.log_softmax(logits / temps[:, None], dim=-1)  # [B, V]
+    greedy = torch.tensor([p.temperature <= 0 for p in params], device=logits.device)
+    tok = torch.argmax(logits, dim=-1)  # [B]
+    if not bool(greedy.all()):
+        probs = logp.exp()  # [B, V] fp32: the cumulative sum's rounding is ~1e-5 of mass at most
+        top_p = torch.tensor([p.top_p for p in params], dtype=probs.dtype, device=logits.device)
+        order = None
+        if bool((top_p < 1.0).any()):  # keep the smallest set of tokens whose mass reaches top_p
+            probs, order = torch.sort(probs, dim=-1, descending=True)
+            probs = probs.masked_fill(torch.cumsum(probs, -1) - probs > top_p[:, None], 0.0)
+        cdf = torch.cumsum(probs, dim=-1)  # [B, V]
+        u = torch.tensor([r.random() for r in rngs], dtype=cdf.dtype, device=logits.device)
+        pick = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+        pick = pick.clamp(max=cdf.shape[-1] - 1)
+        if order is not None:
+            pick = order.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
+        tok = torch.where(greedy, tok, pick)
+    lp = logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)  # [B]
+    return tok.tolist(), lp.tolist() if B else []
