@@ -30,6 +30,8 @@ from agentic_gcpo.evaluate import eval_metrics
 from agentic_gcpo.ledger import Trajectory
 from agentic_gcpo.metrics import MetricsLogger, Timer, rollout_metrics
 from agentic_gcpo.models import load_named
+from agentic_gcpo.precision import cpu_description
+from agentic_gcpo.precision import resolve as resolve_precision
 from agentic_gcpo.rollout.agent_loop import AgentLoop, LoopLimits
 from agentic_gcpo.rollout.chat import ChatFormat
 from agentic_gcpo.rollout.golden import GoldenSource
@@ -129,6 +131,25 @@ class Trainer:
             tokenizer,
             dtype=cfg.engine.dtype,
             max_batch_size=cfg.engine.max_batch_size,
+            prefix_cache_mb=cfg.engine.prefix_cache_mb,
+        )
+        # Decided once from the hardware and written down, so a slow run can be explained.
+        device = next(model.parameters()).device
+        self.precision = resolve_precision(cfg.train.precision, device)
+        engine_precision = getattr(self.engine, "precision", None)
+        lines = {
+            "cpu": cpu_description(),
+            "device": str(device),
+            "engine_dtype": engine_precision.dtype if engine_precision else cfg.engine.dtype,
+            "engine_dtype_reason": engine_precision.reason if engine_precision else "set by the backend",
+            "train_dtype": self.precision.dtype,
+            "train_dtype_reason": self.precision.reason,
+        }
+        (self.run_dir / "precision.json").write_text(json.dumps(lines, indent=2) + "\n")
+        print(
+            f"precision: sampling {lines['engine_dtype']} ({lines['engine_dtype_reason']}); "
+            f"training {lines['train_dtype']} ({lines['train_dtype_reason']})",
+            flush=True,
         )
         r = cfg.rollout
         self.loop = AgentLoop(
@@ -299,7 +320,7 @@ class Trainer:
                 self.model,
                 b.input_ids,
                 b.attention_mask,
-                cfg.train.autocast_bf16,
+                self.precision.bf16,
                 only=b.loss_mask,
                 temperature=cfg.rollout.temperature,
             )  # [n, T-1], 0 where loss_mask is 0
