@@ -3,15 +3,101 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
+import time
+from typing import Any
 
 from agentic_gcpo.config import ConfigError, load_config
 from agentic_gcpo.eval_cli import add_eval_parsers
 from agentic_gcpo.sandbox.cli import add_sandbox_parser
 from agentic_gcpo.tools_cli import add_tools_parser
 
+INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
+
+
+def _hard_exit(trainer: Any, why: str) -> None:
+    """Kill the sandbox workers and SymPy helpers without waiting, say why, and exit 130 at once."""
+    try:
+        if trainer is not None:
+            trainer.kill_now()
+        from agentic_gcpo import verify_sympy
+
+        verify_sympy.kill_all()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.write(why + "\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(INTERRUPTED)
+
+
+class _SigintGuard:
+    """The SIGINT policy of a training run. The first Ctrl-C raises KeyboardInterrupt where the run
+    is (between decode steps, micro-batches, tool-call waits), so it cleans up and reports; a second
+    one, during that cleanup, kills the sandbox workers and exits at once."""
+
+    def __init__(self) -> None:
+        self.trainer: Any = None
+        self.count = 0
+        self._previous: Any = None
+        self.threads_before = set(threading.enumerate())  # the caller's own, never waited for
+
+    def __enter__(self) -> _SigintGuard:
+        if threading.current_thread() is threading.main_thread():  # signal.signal needs the main thread
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            raise KeyboardInterrupt
+        _hard_exit(self.trainer, "second Ctrl-C: sandbox workers killed, exiting without further cleanup")
+
+
+def _interrupted_exit(guard: _SigintGuard) -> int:
+    """INTERRUPTED, once the run's threads have ended. A thread still inside a call nothing can
+    interrupt (an in-process tool running on to its own timeout) would hold the interpreter's exit,
+    so after a short grace the process exits at once instead (its files are already closed)."""
+    from agentic_gcpo import verify_sympy
+
+    verify_sympy.kill_all()  # a SymPy helper busy for the interrupted verification
+    deadline = time.monotonic() + 2.0
+    others = [t for t in threading.enumerate() if t not in guard.threads_before and not t.daemon]
+    for t in others:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in others):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)
+    verify_sympy.shutdown()
+    return INTERRUPTED
+
 
 def _train(args: argparse.Namespace) -> int:
+    """Ctrl-C anywhere (imports, setup, training, the last print) ends in one message and 130."""
+    with _SigintGuard() as guard:
+        try:
+            return _run_training(args, guard)
+        except KeyboardInterrupt:
+            if guard.trainer is None:
+                print(
+                    "interrupted (Ctrl-C) during setup, before any update: nothing to resume.",
+                    file=sys.stderr,
+                )
+            else:
+                print(guard.trainer.interrupt_report(), file=sys.stderr, flush=True)
+            return _interrupted_exit(guard)
+
+
+def _run_training(args: argparse.Namespace, guard: _SigintGuard) -> int:
     from agentic_gcpo.data import DataError
     from agentic_gcpo.models import ModelLoadError
     from agentic_gcpo.train.trainer import Trainer
@@ -26,6 +112,7 @@ def _train(args: argparse.Namespace) -> int:
     except (ModelLoadError, DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    guard.trainer = trainer
     print(f"run directory: {trainer.run_dir}", flush=True)
     run_dir = trainer.train()
     print(

@@ -192,6 +192,30 @@ class TrainConfig(_Section):
     micro_batch_size: int = Field(
         8, ge=1, description="Sequences per forward/backward (gradient accumulation)."
     )
+    mini_batches: int = Field(
+        1,
+        ge=1,
+        description="Optimizer steps per pass over a rollout batch: the batch is split into this many "
+        "mini-batches of whole groups (a group is never split); each mini-batch's loss is normalised "
+        "over its own sequences/tokens. >1 (or epochs >1) makes importance ratios and clips act.",
+    )
+    epochs: int = Field(
+        1,
+        ge=1,
+        description="Passes over each rollout batch (PPO epochs). Old log-probs come from one no-grad "
+        "pass of the policy that generated the rollouts, before the first optimizer step.",
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="Linear learning-rate warmup over this many optimizer steps (0: none)."
+    )
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="After warmup: 'constant' keeps train.lr; 'cosine' decays it to lr x min_lr_ratio "
+        "over the planned optimizer steps (steps x mini_batches x epochs).",
+    )
+    min_lr_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="Cosine schedule floor, as a fraction of train.lr."
+    )
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
         description="Compute dtype of the training passes (autocast); master weights stay fp32 (pure bf16 "
@@ -202,6 +226,16 @@ class TrainConfig(_Section):
     )
     save_final: bool = Field(True, description="Save the final policy to <run>/checkpoints/final.")
     samples_per_step: int = Field(4, ge=0, description="Trajectories written to samples.jsonl each step.")
+
+    @model_validator(mode="after")
+    def _mini_batches_fit(self) -> TrainConfig:
+        if self.mini_batches > self.prompts_per_step:
+            raise ValueError(
+                f"train.mini_batches={self.mini_batches} is more than train.prompts_per_step="
+                f"{self.prompts_per_step}: a mini-batch holds whole groups (one per prompt), so set "
+                f"train.mini_batches to at most {self.prompts_per_step}"
+            )
+        return self
 
 
 class LogConfig(_Section):
@@ -227,6 +261,20 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
+    @model_validator(mode="after")
+    def _groups_of_two_or_more(self) -> Config:
+        from agentic_gcpo.algorithms import get_algorithm  # the registry imports this package's sections
+
+        algo = get_algorithm(self.algorithm.name)
+        if algo.group_relative and self.rollout.group_size < 2:
+            raise ValueError(
+                f"rollout.group_size={self.rollout.group_size} with algorithm.name={algo.name}: its "
+                "advantage compares each rollout with the other rollouts of the same problem, so a "
+                "group of one always gets advantage 0 and nothing is trained. Set rollout.group_size "
+                "to 2 or more (8 is the default; small models need about 8 to see successes)."
+            )
+        return self
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message says which key and what to do."""
@@ -248,7 +296,9 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        if not e["loc"]:  # a check across sections: its message names the keys; the input is the whole tree
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+        elif e["type"] == "extra_forbidden":
             owner = _model_at(e["loc"])
             valid = ", ".join(sorted(owner.model_fields)) if owner else "?"
             lines.append(f"  unknown key '{key}'; valid keys here: {valid}")

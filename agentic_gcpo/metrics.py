@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -53,17 +54,48 @@ def rollout_metrics(trajs: list[Trajectory]) -> dict[str, float]:
     return m
 
 
+def append_lines(path: Path, lines: list[str]) -> None:
+    """Append whole lines with one write(2) on an O_APPEND descriptor: no Python buffer to flush,
+    and a Ctrl-C, which Python raises before or after that call (a signal does not cut a write to a
+    regular file short), leaves every line whole or absent."""
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:  # a short write only happens on a full disk, say
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: a temporary sibling, renamed over it once complete."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 class Timer:
-    """Accumulates wall time per phase: `with timer("rollout"): ...` -> time/rollout_s."""
+    """Accumulates wall time per phase: `with timer("rollout"): ...` -> time/rollout_s.
+
+    `current` names the phase running now; an exception leaves it set, so an interrupted step can
+    say where it stopped."""
 
     def __init__(self) -> None:
         self.times: dict[str, float] = {}
+        self.current: str | None = None
 
     @contextmanager
     def __call__(self, name: str):
-        t0 = time.perf_counter()
+        t0, outer = time.perf_counter(), self.current
+        self.current = name
         try:
             yield
+            self.current = outer
         finally:
             self.times[f"time/{name}_s"] = self.times.get(f"time/{name}_s", 0.0) + time.perf_counter() - t0
 
@@ -99,8 +131,7 @@ class MetricsLogger:
         clean = {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()
         }
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **clean}) + "\n")
+        append_lines(self.path, [json.dumps({"step": step, **clean})])
         if self._tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)):
@@ -109,12 +140,14 @@ class MetricsLogger:
             self._wandb.log(metrics, step=step)
 
     def samples(self, step: int, trajs: list[Trajectory], tokenizer: Any) -> None:
-        with self.samples_path.open("a") as f:
-            for t in trajs:
-                f.write(json.dumps({"step": step, **t.to_json(tokenizer)}) + "\n")
+        append_lines(self.samples_path, [json.dumps({"step": step, **t.to_json(tokenizer)}) for t in trajs])
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
+        """metrics.jsonl needs nothing (each row is written through); flush and close the other
+        sinks. exit_code: what W&B records for the run (130: interrupted)."""
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
         if self._wandb is not None:
-            self._wandb.finish()
+            self._wandb.finish(exit_code=exit_code)
+            self._wandb = None

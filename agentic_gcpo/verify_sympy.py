@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 STARTUP_S = 30.0  # import sympy on a loaded 2-core box can take several seconds
 POOL_WAIT_S = 30.0  # bound on waiting for a free helper when every helper is busy
@@ -43,6 +44,9 @@ _BOOT = (
 )
 
 
+_LIVE: weakref.WeakSet[_Worker] = weakref.WeakSet()  # every helper started, busy ones included
+
+
 class _Worker:
     """One helper process plus a reader thread (queue reads give portable, thread-safe timeouts)."""
 
@@ -54,6 +58,7 @@ class _Worker:
             stderr=subprocess.DEVNULL,
             close_fds=True,
         )
+        _LIVE.add(self)
         self.lines: queue.Queue[bytes | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True, name="verify-sympy-reader").start()
         self.ready = False
@@ -223,6 +228,18 @@ def shutdown() -> None:
     global _pool
     old, _pool = _pool, _Pool(MAX_WORKERS)
     old.close()
+
+
+def kill_all() -> None:
+    """SIGKILL every helper, busy ones too, taking no lock and waiting for none: for a process about
+    to exit (an interrupted run), where a helper busy with SymPy would outlive it until it next
+    wrote to its closed pipe. Call shutdown() afterwards to verify again in this process."""
+    for w in list(_LIVE):
+        if w.proc.returncode is None:  # not reaped, so the pid is still this helper's
+            try:
+                w.proc.kill()
+            except OSError:
+                pass
 
 
 # ----------------------------------------------------------------------------------------------

@@ -104,11 +104,16 @@ def _surrogate(tr: Trainer, trajs: list[Trajectory], adv: torch.Tensor) -> float
     return float((adv.to(per_seq.dtype) * per_seq).sum())
 
 
+@pytest.mark.parametrize("steps", [(), ("train.mini_batches=2", "train.epochs=2")], ids=["1step", "4steps"])
 @pytest.mark.parametrize("algo", sorted(REGISTRY))
-def test_one_update_ascends_its_own_objective(half_taught, tmp_path, algo):
-    """Gradient direction through the real trainer: sample, verify, advantages, loss, AdamW step."""
+def test_one_update_ascends_its_own_objective(half_taught, tmp_path, algo, steps):
+    """Gradient direction through the real trainer: sample, verify, advantages, loss, AdamW step(s).
+    "4steps": two mini-batches x two epochs on one rollout batch, old log-probs from the generating
+    policy, so ratios move away from 1 and clips act; the objective must still go up."""
     tr = Trainer(
-        _cfg(tmp_path, algo, "train.lr=1e-5"), model=copy.deepcopy(half_taught[0]), tokenizer=half_taught[1]
+        _cfg(tmp_path, algo, "train.lr=1e-5", *steps),
+        model=copy.deepcopy(half_taught[0]),
+        tokenizer=half_taught[1],
     )
     trajs, _ = tr.sample(0, Timer())
     rewards = torch.tensor([t.reward for t in trajs])

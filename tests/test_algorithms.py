@@ -108,11 +108,11 @@ def test_tv3_tv4_gpg_alpha_and_advantages() -> None:
 
 def test_tv3_gpg_resample_rule() -> None:
     r, g = _tv3_batch()
-    assert not gpg_needs_resample(r, g, 0.5)  # 16 of 32 informative: 0.5 is not < 0.5
-    assert gpg_needs_resample(r, g, 0.6)
+    assert not gpg_needs_resample(r, g, 0.5, 8)  # 4 of 8 groups informative: 4 is not < 0.5 x 8
+    assert gpg_needs_resample(r, g, 0.6, 8)  # 4 < 4.8
     r6, g6 = _tv3_batch(n_valid=2, n_right=3, n_wrong=3)
     assert gpg_alpha(r6, g6) == pytest.approx(4.0)
-    assert gpg_needs_resample(r6, g6, 0.5)  # 8 of 32 informative
+    assert gpg_needs_resample(r6, g6, 0.5, 8)  # 2 of 8 groups informative
 
 
 def test_gpg_whole_batch_degenerate_gives_zeros() -> None:

@@ -151,7 +151,9 @@ def test_generation_hands_the_shared_module_back_in_its_mode(tiny):
     assert not model.training
 
 
-def _two_turns(eng, tok, prompts, tool_text="\n<|im_start|>user\nresult: 42<|im_end|>\n<|im_start|>assistant\n"):
+def _two_turns(
+    eng, tok, prompts, tool_text="\n<|im_start|>user\nresult: 42<|im_end|>\n<|im_start|>assistant\n"
+):
     """Turn 1 from `prompts`, then turn 2 from prompt + completion + a tool-like delta (greedy)."""
     first = eng.generate(prompts, [SamplingParams(7, temperature=0)] * len(prompts))
     delta = tok(tool_text, add_special_tokens=False).input_ids

@@ -140,7 +140,8 @@ def test_in_training_eval_rows(tmp_path):
 @pytest.mark.parametrize("algo", ["dapo", "gpg"])
 def test_dynamic_sampling_rounds(tmp_path, algo):
     """DAPO drops degenerate groups and GPG resamples under beta_th: the random tiny model solves
-    nothing, so every round is degenerate and the trainer stops at max_sampling_rounds."""
+    nothing, so every round is degenerate and the trainer stops at max_sampling_rounds. GPG then
+    trains on a batch of the original size (degenerate groups of the last round)."""
     tr = Trainer(_cfg(tmp_path, f"algorithm.name={algo}", "train.max_sampling_rounds=2", "train.steps=1"))
     res = tr.step(0)
     tr.close()
@@ -149,7 +150,8 @@ def test_dynamic_sampling_rounds(tmp_path, algo):
     if algo == "dapo":
         assert m["sampling/dropped_groups"] == 4.0 and m["sampling/train_seqs"] == 0.0
     else:
-        assert m["sampling/dropped_groups"] == 0.0 and m["sampling/train_seqs"] == 16.0
+        assert m["sampling/dropped_groups"] == 2.0 and m["sampling/train_seqs"] == 8.0
+        assert {t.group_id for t in res.trajectories} == {2, 3}  # the last round's groups
     gids = {t.group_id for t in res.trajectories}
     assert len(gids) == len(res.trajectories) // 4  # group ids stay unique across rounds
 
@@ -167,7 +169,8 @@ def test_overlong_shaping_is_dapos_default_and_leaves_accuracy_alone(tmp_path, a
     if algo == "dapo":
         assert tr.overlong_buffer == 0.25 and m["reward/overlong_frac"] > 0.5
         assert -1.0 <= m["reward/overlong_penalty_mean"] < 0.0
-        assert m["reward/mean"] == pytest.approx(m["reward/overlong_penalty_mean"])  # nothing correct
+        # nothing correct: DAPO's rule reward is -1 for a wrong answer, plus the penalty
+        assert m["reward/mean"] == pytest.approx(-1.0 + m["reward/overlong_penalty_mean"])
     else:
         assert tr.overlong_buffer == 0.0 and m["reward/overlong_frac"] == 0.0
     assert m["reward/accuracy"] == 0.0

@@ -56,7 +56,8 @@ class AlgorithmConfig(BaseModel):
         0.5,
         ge=0.0,
         le=1.0,
-        description="GPG: resample while the fraction of informative samples is below this.",
+        description="GPG: keep generating rounds of prompts (up to train.max_sampling_rounds) while fewer "
+        "than gpg_beta_th x train.prompts_per_step groups with mixed correctness have been collected.",
     )
     gpg_use_age: bool = Field(True, description="GPG: scale advantages by alpha = B / (B - M) (AGE).")
     dr_grpo_norm_len: int = Field(
@@ -92,11 +93,21 @@ class Algorithm:
     # members are all correct or all wrong are discarded before the update (DAPO). `needs_more(rewards, group_ids,
     # cfg, target_groups)`: after a sampling round, True asks the trainer for another round of
     # prompts (up to train.max_sampling_rounds); GPG's beta_th rule and DAPO's "fill the batch".
+    # The trainer passes correctness (not the shaped reward) as `rewards`.
     drop_degenerate_groups: bool = False
     needs_more: SamplingRule | None = None
+    # After more than one round: rebuild a batch of the original size from the informative groups of
+    # every round, filled up with degenerate groups of the last round (GPG's beta_th loop).
+    rebuild_batch: bool = False
     # Overlong reward shaping used when reward.overlong_buffer is unset: the ramp as a fraction of
     # the token budget (see reward.py); 0 = off.
     overlong_buffer: float = 0.0
+    # Reward of a wrong (or unverifiable) answer; a correct one gets 1. DAPO's rule reward is on a
+    # +-1 scale. Correctness itself (t.correct) never depends on this.
+    reward_wrong: float = 0.0
+    # The advantage contrasts a rollout with the other rollouts of its problem, so a group of one
+    # has nothing to contrast with: the config refuses rollout.group_size < 2 for such algorithms.
+    group_relative: bool = True
 
 
 # ----------------------------------------------------------------------------------------- groups

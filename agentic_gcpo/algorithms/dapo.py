@@ -5,7 +5,9 @@ low-probability tokens to grow) and token-mean aggregation over the whole batch,
 weigh by their token count; no KL. The advantage is GRPO's. DAPO's other two pieces are not loss
 functions and live elsewhere: dynamic sampling (drop groups whose rewards are all equal and sample
 more; see ``base.group_stats(...).identical``) belongs to the trainer, and overlong reward shaping
-to the reward function.
+to the reward function. The rule reward is the paper's +-1 (``Algorithm.reward_wrong = -1``): correct
++1, wrong -1, plus the overlong penalty. Group normalisation makes the scale irrelevant to the
+advantage of unshaped rewards; it matters for how much the penalty weighs against correctness.
 """
 
 from __future__ import annotations
@@ -63,4 +65,6 @@ ALGORITHM = Algorithm(
     needs_more=dapo_needs_more,
     # The recipe ramps over 4096 of 20480 tokens (0.2); our budgets are small, so a quarter.
     overlong_buffer=0.25,
+    # The paper's rule reward: +1 equivalent, -1 otherwise (the overlong penalty is added to it).
+    reward_wrong=-1.0,
 )

@@ -9,8 +9,12 @@ alpha = B / (B - M), with B the samples in the batch and M the samples in such g
 rule; verl's port counts non-zero rewards instead and would give 8/3 on TV4, not 2). When the whole
 batch is degenerate (M == B) there is nothing to learn from: all advantages are 0, not inf.
 
-The threshold beta_th is a sampling rule, not a loss: the trainer calls ``gpg_needs_resample`` and
-generates more groups while it returns True (see that function).
+The threshold beta_th is a sampling rule, not a loss (paper section 3.3, official code's
+`min_inverse_alpha` loop): the trainer keeps generating rounds of groups while fewer than
+beta_th x (groups per batch) informative groups have been collected (``gpg_needs_resample``), then
+rebuilds a batch of the original size, informative groups first, filled up with degenerate groups
+of the last round. On that batch alpha = B / (B - M) is exactly 1 / min(1, valid / total), the
+paper's scaling, so AGE needs no extra term for the resampled case.
 """
 
 from __future__ import annotations
@@ -44,14 +48,21 @@ def gpg_alpha(rewards: Tensor, group_ids: Tensor) -> float:
     return total / valid if valid else 0.0
 
 
-def gpg_needs_resample(rewards: Tensor, group_ids: Tensor, beta_th: float) -> bool:
-    """True when the informative fraction (B - M) / B is strictly below beta_th: generate more groups.
+def gpg_needs_resample(rewards: Tensor, group_ids: Tensor, beta_th: float, target_groups: int) -> bool:
+    """True while the informative groups collected so far are strictly fewer than beta_th x target_groups.
 
-    Strictly below, as in the official code: exactly half informative with beta_th = 0.5 is enough.
-    Integer-friendly form (valid < beta_th * B) avoids a division; an empty batch always resamples.
+    `rewards`/`group_ids` cover every round generated for this update; `target_groups` is the
+    batch's size in groups. Counting groups against the batch size (not the informative share of the
+    growing pool) is the paper's rule: a steady informative rate below beta_th still stops once
+    enough informative groups have accumulated. Strictly below, as in the official code: exactly
+    half with beta_th = 0.5 is enough. An empty pool always asks for more.
     """
-    total, valid = informative_counts(rewards, group_ids)
-    return total == 0 or valid < beta_th * total
+    if rewards.numel() == 0:
+        return True
+    check_group_inputs(rewards, group_ids)
+    mixed = ~group_stats(rewards, group_ids).identical  # [N]
+    valid_groups = int(torch.unique(group_ids[mixed]).numel())
+    return valid_groups < beta_th * target_groups
 
 
 def gpg_advantages(rewards: Tensor, group_ids: Tensor, is_golden: Tensor, cfg: AlgorithmConfig) -> Tensor:
@@ -95,13 +106,14 @@ ALGORITHM = Algorithm(
     paper="arXiv 2504.02546",
     summary=(
         "Plain policy gradient: loss -A*logp, token-mean, no ratio/clip/KL; A = r - group mean scaled by "
-        "AGE alpha = B/(B-M); the trainer resamples while the informative fraction < gpg_beta_th."
+        "AGE alpha = B/(B-M); the trainer resamples until gpg_beta_th x batch groups are informative."
     ),
     advantages=gpg_advantages,
     policy_loss=gpg_policy_loss,
     aggregation="token-mean",
     injects_golden=False,
     needs_more=lambda rewards, group_ids, cfg, target_groups: gpg_needs_resample(
-        rewards, group_ids, cfg.gpg_beta_th
+        rewards, group_ids, cfg.gpg_beta_th, target_groups
     ),
+    rebuild_batch=True,
 )

@@ -57,8 +57,10 @@ class AgentLoop:
         self.engine, self.chat, self.tools, self.sandbox, self.limits = engine, chat, tools, sandbox, limits
         self._pool = ThreadPoolExecutor(max_workers=limits.tool_threads, thread_name_prefix="tool")
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    def close(self, wait: bool = True) -> None:
+        """wait=False (an interrupted run): cancel queued tool calls and do not join running ones;
+        they return as soon as the sandbox is closed (its workers killed)."""
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
 
     def run(
         self, problems: list[Problem], group_size: int, seed: int = 0, first_group_id: int = 0
@@ -129,6 +131,13 @@ class AgentLoop:
     # --- TOOLS -------------------------------------------------------------------------------
     def _run_tools(self, eps: list[_Episode]) -> None:
         futures = {id(e): self._pool.submit(self._call_all, e) for e in eps}
+        try:
+            for e in eps:
+                futures[id(e)].result()
+        except BaseException:  # Ctrl-C while waiting: queued calls must not start; re-raised
+            for f in futures.values():
+                f.cancel()
+            raise
         for e in eps:
             records = futures[id(e)].result()
             e.traj.tool_calls.extend(records)

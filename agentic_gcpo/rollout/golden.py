@@ -10,7 +10,8 @@ of k teacher-model rollouts, re-rendered in the policy's format. A row's own `go
 is used when present, whatever the source.
 
 Every golden trajectory is verified with the same verifier as rollouts before it may be injected;
-one that fails is never injected and is counted.
+one that fails is never injected and is counted. So is one whose tool call returned an error (or
+names an unknown tool): its calls are what it teaches.
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def reference_turns(problem: Problem, style: str = "restate") -> tuple[str | Non
 @dataclass
 class GoldenStats:
     built: int = 0
-    verify_failures: int = 0
-    tool_errors: int = 0
+    verify_failures: int = 0  # goldens refused by the verifier
+    tool_errors: int = 0  # goldens refused because a tool call failed (error status or unknown tool)
 
 
 class GoldenSource:
@@ -163,7 +164,10 @@ class GoldenSource:
                         ToolCallRecord(k, c["name"], c["arguments"], outcome.observation, outcome.status)
                     )
                     if outcome.status != "ok":
+                        # A golden teaches its calls as written: one whose call errs (or whose
+                        # observation is an error message) would teach a broken call. Refused, counted.
                         self.stats.tool_errors += 1
+                        return None
                 for ids_, src in self.chat.tool_turn(observations, ids[-1] if ids else None).pieces:
                     traj.append(ids_, src)
         finally:
@@ -182,7 +186,7 @@ class GoldenSource:
 
     def _call(self, call: dict[str, Any], session: str) -> Any:
         t = self.tools.get(call.get("name"))
-        if t is None:
+        if t is None:  # a row's golden naming a tool this run does not have: refused, counted
             self.stats.tool_errors += 1
             return None
         return t.call(call.get("arguments", {}), ToolContext(session=session, sandbox=self.sandbox))

@@ -26,6 +26,7 @@ from typing import Any
 
 from agentic_gcpo.data import Problem
 from agentic_gcpo.ledger import Trajectory
+from agentic_gcpo.metrics import append_lines
 from agentic_gcpo.rollout.agent_loop import AgentLoop, LoopLimits
 from agentic_gcpo.rollout.chat import ChatFormat
 from agentic_gcpo.verify import verify
@@ -113,8 +114,7 @@ class TeacherGoldens:
             "teacher": self.model_path,
             "turns": None if turns is None else [{"text": x, "calls": c} for x, c in turns],
         }
-        with self._file.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_lines(self._file, [json.dumps(row)])  # one write: a Ctrl-C leaves no torn row
 
     def solve(self, problems: list[Problem]) -> dict[str, list[Turn] | None]:
         """problem.id -> the kept teacher turns, or None when none of the k samples qualified."""
@@ -142,8 +142,10 @@ class TeacherGoldens:
                     self._store(self._key(p), kept)
             return {p.id: self._cache[self._key(p)] for p in problems}
 
-    def close(self) -> None:
-        self.loop.close()
+    def close(self, wait: bool = True) -> None:
+        """wait=False (an interrupted run): do not join tool calls still running."""
+        self.loop.close(wait=wait)
+        self.loop.engine.close()
 
 
 def teacher_from_config(cfg: Any, tools: dict[str, Any], sandbox: Any) -> TeacherGoldens | None:

@@ -76,5 +76,9 @@ class LocalSandbox(PooledSandbox):
             "notes": list(iso.notes),
         }
 
+    def kill_now(self, timeout: float = 2.0) -> None:
+        super().kill_now(timeout)
+        shutil.rmtree(self._state.root, ignore_errors=True)
+
     def worker_pids(self) -> list[int]:
         return [w.pid for w in self._workers() if isinstance(w, WorkerProcess)]

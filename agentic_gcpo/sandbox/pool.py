@@ -291,6 +291,18 @@ class PooledSandbox(abc.ABC):
         if w is not None:
             w.kill()  # safe while an execute() is in flight: it sees EOF and reports it
 
+    def kill_now(self, timeout: float = 2.0) -> None:
+        """Last resort (a second Ctrl-C during cleanup): kill every worker without taking the
+        sandbox's locks, waiting at most `timeout` s for kills that need a round trip (docker)."""
+        st = self._state
+        st.closed = True
+        # list() of a dict/set view runs in C without releasing the GIL: a consistent snapshot.
+        workers = list(st.pool) + list(st.starting) + [s.worker for s in list(st.sessions.values())]
+        threads = [th for w in workers if w is not None and (th := w.kill_now()) is not None]
+        deadline = time.monotonic() + timeout
+        for th in threads:
+            th.join(max(0.0, deadline - time.monotonic()))
+
     def close(self) -> None:
         self._finalizer()
         for t in (self._refiller, self._spawner):

@@ -213,6 +213,13 @@ class WorkerChannel(abc.ABC):
     def exit_info(self) -> ExitInfo:
         """Why the worker ended. Call after it died by itself."""
 
+    def kill_now(self) -> threading.Thread | None:
+        """Last resort (a second Ctrl-C, the process about to exit): start the kill without taking
+        locks or waiting. Default: kill() in a daemon thread, which is returned for a bounded join."""
+        th = threading.Thread(target=self.kill, name=f"kill-{self.ident}", daemon=True)
+        th.start()
+        return th
+
     def boot_log_tail(self) -> str:
         """What the worker wrote to stderr before it took fd 2 over (interpreter errors)."""
         return ""
@@ -297,6 +304,14 @@ class WorkerProcess(WorkerChannel):
             finally:
                 self._io_lock.release()
         shutil.rmtree(self.base, ignore_errors=True)
+
+    def kill_now(self) -> None:
+        """SIGKILL the group and return: no lock, no wait (the process is about to exit)."""
+        if self.proc.returncode is None:  # not reaped yet, so the pid cannot have been reused
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def boot_log_tail(self) -> str:
         try:

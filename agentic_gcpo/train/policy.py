@@ -7,6 +7,7 @@ computes the training log-probs.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -82,3 +83,27 @@ def token_logprobs(
     )  # [M]
     out = torch.zeros(sel.shape, dtype=picked.dtype, device=picked.device)
     return out.masked_scatter(sel, picked)
+
+
+def _python_checkpoint(grad: torch.Tensor) -> None:
+    """A no-op hook: running Python lets the interpreter raise a pending KeyboardInterrupt."""
+    return None
+
+
+def interruptible_backward(model: torch.nn.Module) -> Callable[[], None]:
+    """Let Ctrl-C stop a backward pass between parameters rather than after it.
+
+    `loss.backward()` is one C++ call; on CPU it runs in the calling thread without returning to
+    the interpreter, so a Ctrl-C would wait for the whole micro-batch's backward (about a minute
+    for the embedded model on 8 x 600 tokens on 2 busy cores). A Python hook on each parameter's
+    gradient gives the interpreter a point to raise KeyboardInterrupt, which autograd then
+    re-raises from `backward()` (measured there: 3.8 s after the signal instead of ~55 s; the
+    wait is now the next parameter's gradient, the LM head's the longest). The gradients are
+    unchanged. Returns the function that removes the hooks."""
+    handles = [p.register_hook(_python_checkpoint) for p in model.parameters() if p.requires_grad]
+
+    def remove() -> None:
+        for h in handles:
+            h.remove()
+
+    return remove

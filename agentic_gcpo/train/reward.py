@@ -1,4 +1,5 @@
-"""The reward of a trajectory: verified correctness, plus DAPO's soft overlong punishment when on.
+"""The reward of a trajectory: verified correctness (1, else the algorithm's `reward_wrong`: 0, or -1 for
+DAPO's +-1 scale), plus DAPO's soft overlong punishment when on.
 
 Correctness (`t.correct`, 1.0 or 0.0) is what accuracy metrics, golden triggers and dynamic-sampling
 filters read; `t.reward` is what advantages are computed from, so shaping never leaks into accuracy.
@@ -56,13 +57,17 @@ def score(
     max_turns: int = 1,
     buffer: float = 0.0,
     factor: float = 1.0,
+    reward_wrong: float = 0.0,
 ) -> list[float]:
-    """Verify each trajectory and set correct / extracted_answer / reward; returns the penalties."""
+    """Verify each trajectory and set correct / extracted_answer / reward; returns the penalties.
+
+    reward = 1 if correct else `reward_wrong` (the algorithm's `Algorithm.reward_wrong`: 0, or -1 for
+    DAPO's +-1 rule reward), plus the overlong penalty. `correct` stays a plain bool."""
     penalties = []
     for t in trajs:
         r = verify(t.final_text, t.reference)
         t.extracted_answer, t.correct = r.extracted, r.correct
         pen = trajectory_penalty(t, turn_max, max_turns, buffer, factor)
-        t.reward = (1.0 if r.correct else 0.0) + pen
+        t.reward = (1.0 if r.correct else reward_wrong) + pen
         penalties.append(pen)
     return penalties

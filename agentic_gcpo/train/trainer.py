@@ -1,20 +1,17 @@
 """The training loop: sample -> rollout -> verify -> inject -> advantages -> loss -> step -> sync -> log.
 
-One optimizer step per rollout batch. Old log-probs are the pre-update policy's: with a single
-update per batch they equal the current log-probs detached (verl does the same), so the ratio
-is exactly 1 at the step and the clip only matters once several updates reuse one batch. Golden
-trajectories get theirs from the same teacher-forced forward pass, as DESIGN §4 asks.
-
-Sequences whose advantage is exactly 0 contribute neither loss nor gradient under every registered
-algorithm, so they are not forwarded at all; the loss denominators still count them, which keeps
-the aggregation identical to a full-batch pass.
+The update itself (mini-batches of whole groups, epochs, old log-probs from the generating policy,
+the learning-rate schedule) is `train/update.py`. Golden trajectories get their old log-probs from
+the same teacher-forced pass of the pre-update policy as every rollout, as DESIGN §4 asks.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import logging
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +19,13 @@ from typing import Any
 
 import torch
 
-from agentic_gcpo.algorithms import aggregate, get_algorithm
+from agentic_gcpo.algorithms import get_algorithm
 from agentic_gcpo.config import Config, save_config
 from agentic_gcpo.data import Problem, batches, load_problems
 from agentic_gcpo.engines import make_engine
 from agentic_gcpo.evaluate import eval_metrics
 from agentic_gcpo.ledger import Trajectory
-from agentic_gcpo.metrics import MetricsLogger, Timer, rollout_metrics
+from agentic_gcpo.metrics import MetricsLogger, Timer, atomic_write_text, rollout_metrics
 from agentic_gcpo.models import load_named
 from agentic_gcpo.precision import cpu_description
 from agentic_gcpo.precision import resolve as resolve_precision
@@ -38,8 +35,24 @@ from agentic_gcpo.rollout.golden import GoldenSource
 from agentic_gcpo.rollout.golden_teacher import teacher_from_config
 from agentic_gcpo.sandbox import make_sandbox
 from agentic_gcpo.tool_registry import get_tools
-from agentic_gcpo.train.policy import pack, token_logprobs
+from agentic_gcpo.train.policy import interruptible_backward
 from agentic_gcpo.train.reward import resolve_buffer, score
+from agentic_gcpo.train.update import policy_update, slots_per_update
+
+log = logging.getLogger(__name__)
+
+# A checkpoint is written under this prefix and renamed to checkpoints/<name> only once complete, so
+# a save cut short never leaves a `step-N` that loads wrong; leftovers are removed at the next train().
+CKPT_TMP_PREFIX = ".tmp-"
+
+# What `interrupt_report` calls each phase of a step (the Timer names in `step` and `sample`).
+PHASES = {
+    "rollout": "rollouts: generation and tool calls",
+    "verify": "verifying answers",
+    "golden": "building goldens",
+    "train": "the learner update",
+    "sync": "syncing weights to the engine",
+}
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -71,21 +84,6 @@ def pick_member(group: list[Trajectory], rule: str) -> int:
     return len(group) - 1
 
 
-# What a step without a gradient logs, so every row has the same keys: the policy did not move
-# (ratio 1, KL 0); the sampler/trainer logprob gap was not measured (NaN -> null in the JSONL).
-NO_UPDATE: dict[str, float] = {
-    "loss/policy": 0.0,
-    "loss/grad_norm": 0.0,
-    "loss/clip_frac": 0.0,
-    "loss/ratio_mean": 1.0,
-    "loss/approx_kl": 0.0,
-    "loss/active_seqs": 0.0,
-    "adv/abs_mean": 0.0,
-    "loss/skipped": 1.0,
-    "rollout/logprob_abs_diff": math.nan,
-}
-
-
 @dataclass
 class StepResult:
     metrics: dict[str, float]
@@ -93,6 +91,14 @@ class StepResult:
 
 
 class Trainer:
+    # Where a run stands, for the message of an interrupted run (`interrupt_report`); set by train().
+    current_step = 0  # the step in progress (1-based); `step` in metrics.jsonl = updates done
+    updates_logged = 0  # training rows written to metrics.jsonl
+    phase = "setup"  # setup | eval | step | logging | checkpoint | final checkpoint | done
+    last_checkpoint: Path | None = None
+    interrupted = False
+    _timer: Timer | None = None  # the running step's, whose `current` names its phase
+
     def __init__(
         self, cfg: Config, run_dir: Path | None = None, model: Any = None, tokenizer: Any = None
     ) -> None:
@@ -176,6 +182,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
+        self.lr_slot = 0  # position in the learning-rate schedule, in optimizer-step slots
         self.logger = MetricsLogger(
             self.run_dir,
             cfg.log.tensorboard,
@@ -191,14 +198,16 @@ class Trainer:
     # --- one step ----------------------------------------------------------------------------
     def inject(
         self, trajs: list[Trajectory], problems: list[Problem], first_gid: int
-    ) -> tuple[int, int, int]:
+    ) -> tuple[int, int, int, int]:
         """GCPO: a verified golden replaces one member of each group in which every rollout failed.
 
-        Returns (injected, all-fail groups, goldens refused by the verifier)."""
+        Returns (injected, all-fail groups, goldens refused by the verifier, goldens refused because a
+        tool call in them failed)."""
         cfg = self.cfg
         G = cfg.rollout.group_size
         injected = candidates = 0
         failures_before = self.golden.stats.verify_failures
+        tool_errors_before = self.golden.stats.tool_errors
         if self.algo.injects_golden and cfg.golden.enabled:
             all_fail = [
                 gi for gi in range(len(problems)) if not any(t.correct for t in trajs[gi * G : (gi + 1) * G])
@@ -212,7 +221,12 @@ class Trainer:
                 group = trajs[gi * G : (gi + 1) * G]
                 trajs[gi * G + pick_member(group, cfg.golden.replace)] = g
                 injected += 1
-        return injected, candidates, self.golden.stats.verify_failures - failures_before
+        return (
+            injected,
+            candidates,
+            self.golden.stats.verify_failures - failures_before,
+            self.golden.stats.tool_errors - tool_errors_before,
+        )
 
     def sample(self, step: int, timer: Timer) -> tuple[list[Trajectory], dict[str, float]]:
         """Rollouts for one update: one round of prompts, more while the algorithm asks (DAPO, GPG)."""
@@ -220,7 +234,9 @@ class Trainer:
         G, target = cfg.rollout.group_size, cfg.train.prompts_per_step
         batch: list[Trajectory] = []
         own: list[Trajectory] = []  # the policy's rollouts, before injection or filtering
-        n_problems = injected = candidates = refused = dropped = rounds = 0
+        n_problems = injected = candidates = refused = tool_refused = rounds = 0
+        informative: list[list[Trajectory]] = []  # groups with mixed correctness, every round
+        last_degenerate: list[list[Trajectory]] = []  # all-equal groups of the latest round
         penalties: list[float] = []
         while True:
             problems = next(self.batches)
@@ -235,21 +251,24 @@ class Trainer:
                     max_turns=cfg.rollout.max_turns,
                     buffer=self.overlong_buffer,
                     factor=cfg.reward.overlong_penalty,
+                    reward_wrong=algo.reward_wrong,
                 )
             own += new
             with timer("golden"):
-                i, c, r = self.inject(new, problems, first_gid)
-            n_problems, injected, candidates, refused = (
+                i, c, r, e = self.inject(new, problems, first_gid)
+            n_problems, injected, candidates, refused, tool_refused = (
                 n_problems + len(problems),
                 injected + i,
                 candidates + c,
                 refused + r,
+                tool_refused + e,
             )
-            if algo.drop_degenerate_groups:  # on correctness, as verl's DAPO recipe filters on acc
-                groups = [new[k : k + G] for k in range(0, len(new), G)]
-                kept = [g for g in groups if len({t.correct for t in g}) > 1]
-                dropped += len(groups) - len(kept)
-                new = [t for g in kept for t in g]
+            # Informative = mixed correctness (after injection), as verl's DAPO recipe filters on acc.
+            groups = [new[k : k + G] for k in range(0, len(new), G)]
+            informative += [g for g in groups if len({t.correct for t in g}) > 1]
+            last_degenerate = [g for g in groups if len({t.correct for t in g}) == 1]
+            if algo.drop_degenerate_groups:
+                new = [t for g in groups if len({t.correct for t in g}) > 1 for t in g]
             batch += new
             rounds += 1
             if algo.needs_more is None or rounds >= cfg.train.max_sampling_rounds:
@@ -260,6 +279,13 @@ class Trainer:
                 break
         if algo.drop_degenerate_groups:
             batch = batch[: target * G]  # a full batch of informative groups, as DAPO trims
+        elif algo.rebuild_batch and rounds > 1:
+            # GPG's beta_th loop: a batch of the original size, informative groups first, filled up
+            # with degenerate groups of the last round. Its AGE alpha is then 1/min(1, valid/total).
+            keep = informative[:target]
+            keep += last_degenerate[: target - len(keep)]
+            batch = [t for g in keep for t in g]
+        dropped = n_problems - len(batch) // G  # groups generated but not trained on
         metrics = rollout_metrics(own)
         metrics.update(
             {
@@ -267,6 +293,7 @@ class Trainer:
                 "gcpo/injected": float(injected),
                 "gcpo/all_fail_groups": float(candidates),
                 "gcpo/golden_verify_failures": float(refused),
+                "gcpo/golden_tool_errors": float(tool_refused),
                 "sampling/rounds": float(rounds),
                 "sampling/dropped_groups": float(dropped),
                 "sampling/train_seqs": float(len(batch)),
@@ -281,12 +308,12 @@ class Trainer:
         return batch, metrics
 
     def step(self, step: int) -> StepResult:
-        timer = Timer()
+        timer = self._timer = Timer()
         trajs, metrics = self.sample(step, timer)
         for t in trajs:
             t.check()
         with timer("train"):
-            metrics.update(self.update(trajs) if trajs else NO_UPDATE)
+            metrics.update(self.update(trajs))  # an empty batch still logs (and advances the LR schedule)
         with timer("sync"):
             self.engine.update_weights(None)
         metrics.update(timer.times)
@@ -294,62 +321,18 @@ class Trainer:
         return StepResult(metrics, trajs)
 
     def update(self, trajs: list[Trajectory]) -> dict[str, float]:
-        cfg = self.cfg
-        rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
-        gids = torch.tensor([t.group_id for t in trajs], dtype=torch.long)
-        golden = torch.tensor([t.is_golden for t in trajs], dtype=torch.bool)
-        adv = self.algo.advantages(rewards, gids, golden, cfg.algorithm)  # [N]
-        num_seqs = len(trajs)
-        num_tokens = float(sum(t.num_policy_tokens for t in trajs))
-        active = [i for i in range(num_seqs) if adv[i].item() != 0.0 and trajs[i].num_policy_tokens > 0]
-        out: dict[str, float] = {
-            "loss/active_seqs": float(len(active)),
-            "adv/abs_mean": float(adv.abs().mean()),
-        }
-        if not active:
-            return {**NO_UPDATE, **out}
-        self.model.train()
-        active.sort(key=lambda i: len(trajs[i].token_ids))
-        total, sums, weights = 0.0, {}, 0
-        diffs, n_diff = 0.0, 0
-        mb = cfg.train.micro_batch_size
-        for k in range(0, len(active), mb):
-            idx = active[k : k + mb]
-            b = pack([trajs[i] for i in idx], self.pad_id)
-            logp = token_logprobs(
-                self.model,
-                b.input_ids,
-                b.attention_mask,
-                self.precision.bf16,
-                only=b.loss_mask,
-                temperature=cfg.rollout.temperature,
-            )  # [n, T-1], 0 where loss_mask is 0
-            old = logp.detach()  # one update per batch: the pre-update policy is the current one
-            per_tok, m = self.algo.policy_loss(logp, old, adv[idx], b.loss_mask, cfg.algorithm)
-            loss = aggregate(
-                per_tok,
-                b.loss_mask,
-                self.algo.aggregation,
-                num_seqs=num_seqs,
-                num_tokens=num_tokens,
-                norm_len=cfg.algorithm.dr_grpo_norm_len,
-            )
-            loss.backward()
-            total += float(loss.detach())
-            for key, v in m.items():
-                sums[key] = sums.get(key, 0.0) + float(v) * len(idx)
-            weights += len(idx)
-            sampled = b.loss_mask.bool() & ~torch.isnan(b.sampler_logprobs)
-            if sampled.any():
-                diffs += float((logp.detach() - b.sampler_logprobs)[sampled].abs().sum())
-                n_diff += int(sampled.sum())
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
-        if math.isfinite(float(grad_norm)):
-            self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        out.update({f"loss/{k}": v / weights for k, v in sums.items()})
-        out.update({"loss/policy": total, "loss/grad_norm": float(grad_norm), "loss/skipped": 0.0})
-        out["rollout/logprob_abs_diff"] = diffs / n_diff if n_diff else 0.0
+        """All optimizer steps for one rollout batch (`train/update.py`); advances the LR schedule."""
+        out = policy_update(
+            self.model,
+            self.opt,
+            self.algo,
+            self.cfg,
+            trajs,
+            bf16=self.precision.bf16,
+            pad_id=self.pad_id,
+            first_slot=self.lr_slot,
+        )
+        self.lr_slot += slots_per_update(self.cfg.train)
         return out
 
     def evaluate(self) -> dict[str, float]:
@@ -366,30 +349,58 @@ class Trainer:
 
     # --- the run -----------------------------------------------------------------------------
     def save(self, name: str) -> Path:
+        """checkpoints/NAME, whole or not at all: written into a hidden temporary sibling and renamed
+        into place once complete (an interrupted save removes its temporary directory)."""
         d = self.run_dir / "checkpoints" / name
-        self.model.save_pretrained(d, safe_serialization=True)
-        self.tok.save_pretrained(d)
+        tmp = d.with_name(f"{CKPT_TMP_PREFIX}{name}-{os.getpid()}")
+        old = d.with_name(f"{CKPT_TMP_PREFIX}{name}-old-{os.getpid()}")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tok.save_pretrained(tmp)
+            if d.exists():  # saving a name again: rename(2) cannot replace a non-empty directory
+                os.replace(d, old)
+            os.replace(tmp, d)
+        finally:
+            for leftover in (tmp, old):
+                if leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
+        self.last_checkpoint = d
         return d
 
     def train(self) -> Path:
+        """Run every step, then save the final policy. Ctrl-C (KeyboardInterrupt) anywhere stops the
+        run within seconds: the sandbox's workers are killed, queued tool calls cancelled,
+        engine and logger closed, summary.json says `interrupted`, and the KeyboardInterrupt
+        propagates (the CLI prints `interrupt_report()` and exits 130)."""
         cfg = self.cfg
         steps = range(cfg.train.steps)
+        for leftover in (self.run_dir / "checkpoints").glob(f"{CKPT_TMP_PREFIX}*"):
+            shutil.rmtree(leftover, ignore_errors=True)  # a save cut short by a kill -9
         bar = None
         if cfg.log.progress:
             from tqdm import tqdm
 
             bar = tqdm(steps, desc="train", unit="step", dynamic_ncols=True)
+        completed = False
+        unhook = interruptible_backward(self.model)  # Ctrl-C lands inside a micro-batch's backward
         try:
             if cfg.eval.every:  # the starting point; eval rows share metrics.jsonl, keys eval/*
+                self.phase = "eval"
                 self.logger.log(0, self.evaluate())
             for step in steps:
+                self.current_step, self.phase, self._timer = step + 1, "step", None
                 res = self.step(step)
+                self.phase = "logging"
                 self.logger.log(step + 1, res.metrics)  # `step` in metrics.jsonl = updates done
+                self.updates_logged = step + 1
                 if cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or step + 1 == cfg.train.steps):
+                    self.phase = "eval"
                     ev = self.evaluate()
                     self.logger.log(step + 1, ev)
                     res.metrics.update(ev)
                 if cfg.train.samples_per_step:
+                    self.phase = "logging"
                     self.logger.samples(
                         step + 1,
                         res.trajectories[: cfg.train.samples_per_step]
@@ -397,6 +408,7 @@ class Trainer:
                         self.tok,
                     )
                 if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
+                    self.phase = "checkpoint"
                     self.save(f"step-{step + 1}")
                 m = res.metrics
                 summary = (
@@ -412,19 +424,108 @@ class Trainer:
                 else:
                     print(f"step {step + 1}/{cfg.train.steps} | {summary}", flush=True)
             if cfg.train.save_final:
+                self.phase = "final checkpoint"
                 self.save("final")
+            self.phase, completed = "done", True
+        except KeyboardInterrupt:
+            self.interrupted = True
+            raise
         finally:
+            unhook()
             if bar is not None:
                 bar.close()
-            self.close()
-        (self.run_dir / "summary.json").write_text(
-            json.dumps({"run_dir": str(self.run_dir), "steps": cfg.train.steps})
-        )
+            self.close(interrupted=not completed)
+            if completed or self.interrupted:
+                outcome = {
+                    "run_dir": str(self.run_dir),
+                    "steps": cfg.train.steps,
+                    "updates": self.updates_logged,
+                    "interrupted": self.interrupted,
+                    "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+                }
+                atomic_write_text(self.run_dir / "summary.json", json.dumps(outcome))
         return self.run_dir
 
-    def close(self) -> None:
-        self.loop.close()
+    def close(self, interrupted: bool = False) -> None:
+        """Release the run's processes, threads and files; each part even if another fails.
+
+        The sandbox goes first: its workers are killed, so a tool call still running returns at
+        once. interrupted (Ctrl-C, an error): queued tool calls are cancelled and running ones not
+        joined."""
+        parts = [
+            ("sandbox", self.sandbox.close),
+            ("agent loop", lambda: self.loop.close(wait=not interrupted)),
+        ]
         if self.golden.teacher is not None:
-            self.golden.teacher.close()
-        self.sandbox.close()
-        self.logger.close()
+            parts.append(("teacher", lambda: self.golden.teacher.close(wait=not interrupted)))
+        code = 130 if self.interrupted else int(interrupted)  # the exit code W&B records
+        parts += [("engine", self.engine.close), ("metrics logger", lambda: self.logger.close(code))]
+        for what, fn in parts:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - the rest must still be closed; KeyboardInterrupt is not caught
+                log.exception("closing the %s failed", what)
+
+    def kill_now(self) -> None:
+        """Last resort (a second Ctrl-C during cleanup): kill the sandbox's workers without waiting."""
+        kill = getattr(self.sandbox, "kill_now", None)
+        if kill is not None:
+            kill()
+
+    def interrupt_report(self) -> str:
+        """What an interrupted run did, where its files are and how to continue (the CLI prints it)."""
+        cfg, run = self.cfg, self.run_dir
+        total, n = cfg.train.steps, self.updates_logged
+        phase = self.phase
+        if phase == "step":
+            inner = self._timer.current if self._timer is not None else None
+            where = f"in step {self.current_step}/{total} ({PHASES.get(inner or '', 'between phases')})"
+        elif phase == "eval":
+            where = f"in the held-out evaluation {'before training' if n == 0 else f'after update {n}'}"
+        elif phase == "logging":
+            where = f"while logging step {self.current_step}/{total}"
+        elif phase == "checkpoint":
+            where = f"while saving checkpoints/step-{self.current_step} (discarded: incomplete)"
+        elif phase == "final checkpoint":
+            where = "while saving checkpoints/final (discarded: incomplete)"
+        elif phase == "done":
+            where = "after the run had completed (its files are complete)"
+        else:
+            where = f"during {phase}"
+        lines = [f"interrupted (Ctrl-C) {where}."]
+        metrics = run / "metrics.jsonl"
+        if n:
+            lines.append(
+                f"{n} of {total} updates were completed and logged: {metrics} (training rows step=1..{n})"
+            )
+        else:
+            lines.append(f"no update was completed (no training row in {metrics}).")
+        if self.current_step > n and (
+            phase == "logging"
+            or (phase == "step" and self._timer is not None and self._timer.current == "sync")
+        ):
+            lines.append(
+                f"update {self.current_step} was applied to the in-memory weights but not logged or saved."
+            )
+        if self.last_checkpoint is not None:
+            lines.append(f"last complete checkpoint: {self.last_checkpoint}")
+        else:
+            every = cfg.train.checkpoint_every
+            why = (
+                f"none due yet with train.checkpoint_every={every}"
+                if every
+                else "train.checkpoint_every=0: only the final policy, at the end"
+            )
+            lines.append(f"no checkpoint was saved ({why}).")
+        lines.append("sandbox workers, engine and metrics logger were closed; nothing half-written was left.")
+        lines.append("There is no --resume yet. To start a fresh run with the same resolved config:")
+        lines.append(f"  agentic-gcpo train -c {run / 'config.yaml'}")
+        if self.last_checkpoint is not None:
+            lines.append(
+                "or, to start it from the checkpoint's weights (optimizer state and data order start over):"
+            )
+            lines.append(
+                f"  agentic-gcpo train -c {run / 'config.yaml'} model.path={self.last_checkpoint} "
+                f"train.steps={max(1, total - n)}"
+            )
+        return "\n".join(lines)

@@ -1,0 +1,227 @@
+"""The learner's update for one rollout batch: mini-batches, epochs, old log-probs, LR schedule.
+
+A rollout batch is split into `train.mini_batches` mini-batches of whole groups (advantages are
+group-relative, so a group is never split) and each is one optimizer step; `train.epochs` repeats
+the pass. Advantages are computed once over the whole batch.
+
+Old log-probs (the denominator of every importance ratio) are those of the policy that generated
+the rollouts. With one step per batch (mini_batches = epochs = 1) that policy is the current one and
+the old log-probs are the current ones detached (verl does the same): the ratio is exactly 1 and no
+extra pass is spent. Otherwise one no-grad pass before the first optimizer step computes them, in
+the same micro-batches and precision as the training passes (so a mini-batch's first step starts at
+ratio 1 up to float noise), stored per trajectory. A golden member goes through the same pass: its
+old log-probs are the pre-update policy's teacher-forced ones, not those of whoever wrote it.
+
+Loss denominators (token-mean's token count, the seq-means' sequence count) are those of the
+optimizer step's mini-batch. Sequences with advantage exactly 0 contribute neither loss nor gradient
+under every registered algorithm, so they are not forwarded, but they still count in the denominators.
+
+Learning rate: linear warmup over `train.warmup_steps` optimizer steps, then constant or cosine down
+to `min_lr_ratio` x lr over the planned steps (steps x mini_batches x epochs). The position in the
+schedule is the optimizer-step *slot*: a mini-batch skipped because it had nothing to learn still
+advances it, so the schedule follows training progress, not how many batches were degenerate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from agentic_gcpo.algorithms import Algorithm, aggregate
+from agentic_gcpo.config import Config, TrainConfig
+from agentic_gcpo.ledger import Trajectory
+from agentic_gcpo.train.policy import PackedBatch, pack, token_logprobs
+
+# What a step without a gradient logs, so every row has the same keys: the policy did not move
+# (ratio 1, KL 0); the sampler/trainer logprob gap was not measured (NaN -> null in the JSONL).
+NO_UPDATE: dict[str, float] = {
+    "loss/policy": 0.0,
+    "loss/grad_norm": 0.0,
+    "loss/clip_frac": 0.0,
+    "loss/ratio_mean": 1.0,
+    "loss/approx_kl": 0.0,
+    "loss/active_seqs": 0.0,
+    "adv/abs_mean": 0.0,
+    "loss/skipped": 1.0,
+    "rollout/logprob_abs_diff": math.nan,
+}
+
+
+def slots_per_update(tc: TrainConfig) -> int:
+    """Optimizer-step slots one rollout batch takes in the LR schedule."""
+    return tc.mini_batches * tc.epochs
+
+
+def lr_factor(slot: int, tc: TrainConfig) -> float:
+    """Multiplier of train.lr at optimizer-step slot `slot` (0-based)."""
+    if slot < tc.warmup_steps:
+        return (slot + 1) / tc.warmup_steps  # the first step already learns (not lr 0)
+    if tc.lr_schedule == "constant":
+        return 1.0
+    total = tc.steps * slots_per_update(tc)
+    progress = min(1.0, (slot - tc.warmup_steps) / max(1, total - tc.warmup_steps))
+    return tc.min_lr_ratio + (1.0 - tc.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def group_mini_batches(trajs: list[Trajectory], n: int) -> list[list[int]]:
+    """Indices of `trajs` in at most `n` mini-batches of whole groups, as even in group count as can be.
+
+    Groups keep their order of first appearance; fewer groups than `n` (DAPO's filtered batch can
+    be short) give one mini-batch per group."""
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(trajs):
+        groups.setdefault(t.group_id, []).append(i)
+    members = list(groups.values())
+    n = max(1, min(n, len(members)))
+    q, r = divmod(len(members), n)
+    out, k = [], 0
+    for j in range(n):
+        size = q + (1 if j < r else 0)
+        out.append([i for g in members[k : k + size] for i in g])
+        k += size
+    return out
+
+
+@dataclass
+class _MiniBatch:
+    micro: list[list[int]]  # trajectory indices per micro-batch (active members only, length-sorted)
+    num_seqs: int  # denominators of this optimizer step: every member, zero-advantage ones included
+    num_tokens: float
+
+
+def _plan(trajs: list[Trajectory], adv: torch.Tensor, tc: TrainConfig) -> list[_MiniBatch]:
+    plan = []
+    for mini in group_mini_batches(trajs, tc.mini_batches):
+        active = [i for i in mini if adv[i].item() != 0.0 and trajs[i].num_policy_tokens > 0]
+        active.sort(key=lambda i: len(trajs[i].token_ids))  # less padding per micro-batch
+        mb = tc.micro_batch_size
+        plan.append(
+            _MiniBatch(
+                micro=[active[k : k + mb] for k in range(0, len(active), mb)],
+                num_seqs=len(mini),
+                num_tokens=float(sum(trajs[i].num_policy_tokens for i in mini)),
+            )
+        )
+    return plan
+
+
+def _stack_old(old: dict[int, torch.Tensor], idx: list[int], like: torch.Tensor) -> torch.Tensor:
+    """The stored old log-probs of `idx`, right-padded with 0 to `like`'s [n, T-1] shape."""
+    out = torch.zeros_like(like)
+    for row, i in enumerate(idx):
+        out[row, : old[i].shape[0]] = old[i]
+    return out
+
+
+def policy_update(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    algo: Algorithm,
+    cfg: Config,
+    trajs: list[Trajectory],
+    *,
+    bf16: bool,
+    pad_id: int,
+    first_slot: int,
+) -> dict[str, float]:
+    """Every optimizer step for one rollout batch; returns the `loss/*`, `adv/*`, `train/lr` metrics.
+
+    `first_slot`: this batch's first position in the LR schedule (the caller advances it by
+    `slots_per_update`)."""
+    tc = cfg.train
+    n_slots = slots_per_update(tc)
+    lr_last = tc.lr * lr_factor(first_slot + n_slots - 1, tc)
+    if not trajs:
+        return {**NO_UPDATE, "train/lr": lr_last}
+    rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
+    gids = torch.tensor([t.group_id for t in trajs], dtype=torch.long)
+    golden = torch.tensor([t.is_golden for t in trajs], dtype=torch.bool)
+    adv = algo.advantages(rewards, gids, golden, cfg.algorithm)  # [N], once over the whole batch
+    plan = _plan(trajs, adv, tc)
+    n_active = sum(len(ix) for mb in plan for ix in mb.micro)
+    out: dict[str, float] = {
+        "loss/active_seqs": float(n_active),
+        "adv/abs_mean": float(adv.abs().mean()),
+        "train/lr": lr_last,
+    }
+    if not n_active:
+        return {**NO_UPDATE, **out}
+
+    def logprobs(b: PackedBatch) -> torch.Tensor:  # [n, T-1], 0 where loss_mask is 0
+        return token_logprobs(
+            model, b.input_ids, b.attention_mask, bf16, only=b.loss_mask, temperature=cfg.rollout.temperature
+        )
+
+    model.train()  # the old pass too: the same mode as the training passes, so the ratio starts at 1
+    reuse_current = n_slots == 1  # one step: the generating policy is the current one
+    old: dict[int, torch.Tensor] = {}
+    diffs, n_diff = 0.0, 0  # sampler vs trainer logprob gap, on the pre-update policy
+
+    def sampler_gap(b: PackedBatch, logp: torch.Tensor) -> None:
+        nonlocal diffs, n_diff
+        sampled = b.loss_mask.bool() & ~torch.isnan(b.sampler_logprobs)
+        if sampled.any():
+            diffs += float((logp.detach() - b.sampler_logprobs)[sampled].abs().sum())
+            n_diff += int(sampled.sum())
+
+    if not reuse_current:
+        with torch.no_grad():
+            for mb in plan:
+                for idx in mb.micro:
+                    b = pack([trajs[i] for i in idx], pad_id)
+                    lp = logprobs(b)
+                    sampler_gap(b, lp)
+                    for row, i in enumerate(idx):
+                        old[i] = lp[row, : len(trajs[i].token_ids) - 1].clone()
+
+    losses, norms, sums, weights = [], [], {}, 0
+    for epoch in range(tc.epochs):
+        for k, mb in enumerate(plan):
+            if not mb.micro:
+                continue  # nothing to learn in this mini-batch; its schedule slot passes unused
+            lr = tc.lr * lr_factor(first_slot + epoch * tc.mini_batches + k, tc)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            step_loss = 0.0
+            for idx in mb.micro:
+                b = pack([trajs[i] for i in idx], pad_id)
+                logp = logprobs(b)
+                if reuse_current:
+                    old_lp = logp.detach()
+                    sampler_gap(b, logp)
+                else:
+                    old_lp = _stack_old(old, idx, logp)
+                per_tok, m = algo.policy_loss(logp, old_lp, adv[idx], b.loss_mask, cfg.algorithm)
+                loss = aggregate(
+                    per_tok,
+                    b.loss_mask,
+                    algo.aggregation,
+                    num_seqs=mb.num_seqs,
+                    num_tokens=mb.num_tokens,
+                    norm_len=cfg.algorithm.dr_grpo_norm_len,
+                )
+                loss.backward()
+                step_loss += float(loss.detach())
+                for key, v in m.items():
+                    sums[key] = sums.get(key, 0.0) + float(v) * len(idx)
+                weights += len(idx)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            if math.isfinite(float(grad_norm)):
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+            norms.append(float(grad_norm))
+    # Means over optimizer steps (loss, grad norm) and over every trained sequence (ratio metrics):
+    # with one step per batch these are exactly that step's numbers.
+    out.update({f"loss/{k}": v / weights for k, v in sums.items()})
+    out.update(
+        {
+            "loss/policy": sum(losses) / len(losses),
+            "loss/grad_norm": sum(norms) / len(norms),
+            "loss/skipped": 0.0,
+            "rollout/logprob_abs_diff": diffs / n_diff if n_diff else 0.0,
+        }
+    )
+    return out
