@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,34 +32,13 @@ from agentic_gcpo.rollout.golden import GoldenSource
 from agentic_gcpo.rollout.golden_teacher import teacher_from_config
 from agentic_gcpo.sandbox import make_sandbox
 from agentic_gcpo.tool_registry import get_tools
+from agentic_gcpo.train.checkpoint import make_run_dir, remove_partial_saves, save_checkpoint
+from agentic_gcpo.train.interrupt import interrupt_report
 from agentic_gcpo.train.policy import interruptible_backward
 from agentic_gcpo.train.reward import resolve_buffer, score
 from agentic_gcpo.train.update import policy_update, slots_per_update
 
 log = logging.getLogger(__name__)
-
-# A checkpoint is written under this prefix and renamed to checkpoints/<name> only once complete, so
-# a save cut short never leaves a `step-N` that loads wrong; leftovers are removed at the next train().
-CKPT_TMP_PREFIX = ".tmp-"
-
-# What `interrupt_report` calls each phase of a step (the Timer names in `step` and `sample`).
-PHASES = {
-    "rollout": "rollouts: generation and tool calls",
-    "verify": "verifying answers",
-    "golden": "building goldens",
-    "train": "the learner update",
-    "sync": "syncing weights to the engine",
-}
-
-
-def make_run_dir(cfg: Config) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.run.output_dir) / f"{cfg.run.name}-{stamp}"
-    d, k = base, 1
-    while d.exists():
-        d, k = Path(f"{base}-{k}"), k + 1
-    (d / "checkpoints").mkdir(parents=True)
-    return d
 
 
 def resolve_data_path(path: str) -> Path:
@@ -349,24 +325,9 @@ class Trainer:
 
     # --- the run -----------------------------------------------------------------------------
     def save(self, name: str) -> Path:
-        """checkpoints/NAME, whole or not at all: written into a hidden temporary sibling and renamed
-        into place once complete (an interrupted save removes its temporary directory)."""
-        d = self.run_dir / "checkpoints" / name
-        tmp = d.with_name(f"{CKPT_TMP_PREFIX}{name}-{os.getpid()}")
-        old = d.with_name(f"{CKPT_TMP_PREFIX}{name}-old-{os.getpid()}")
-        try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.model.save_pretrained(tmp, safe_serialization=True)
-            self.tok.save_pretrained(tmp)
-            if d.exists():  # saving a name again: rename(2) cannot replace a non-empty directory
-                os.replace(d, old)
-            os.replace(tmp, d)
-        finally:
-            for leftover in (tmp, old):
-                if leftover.exists():
-                    shutil.rmtree(leftover, ignore_errors=True)
-        self.last_checkpoint = d
-        return d
+        """checkpoints/NAME, whole or not at all (see train/checkpoint.py)."""
+        self.last_checkpoint = save_checkpoint(self.model, self.tok, self.run_dir / "checkpoints" / name)
+        return self.last_checkpoint
 
     def train(self) -> Path:
         """Run every step, then save the final policy. Ctrl-C (KeyboardInterrupt) anywhere stops the
@@ -375,8 +336,7 @@ class Trainer:
         propagates (the CLI prints `interrupt_report()` and exits 130)."""
         cfg = self.cfg
         steps = range(cfg.train.steps)
-        for leftover in (self.run_dir / "checkpoints").glob(f"{CKPT_TMP_PREFIX}*"):
-            shutil.rmtree(leftover, ignore_errors=True)  # a save cut short by a kill -9
+        remove_partial_saves(self.run_dir / "checkpoints")
         bar = None
         if cfg.log.progress:
             from tqdm import tqdm
@@ -474,58 +434,4 @@ class Trainer:
 
     def interrupt_report(self) -> str:
         """What an interrupted run did, where its files are and how to continue (the CLI prints it)."""
-        cfg, run = self.cfg, self.run_dir
-        total, n = cfg.train.steps, self.updates_logged
-        phase = self.phase
-        if phase == "step":
-            inner = self._timer.current if self._timer is not None else None
-            where = f"in step {self.current_step}/{total} ({PHASES.get(inner or '', 'between phases')})"
-        elif phase == "eval":
-            where = f"in the held-out evaluation {'before training' if n == 0 else f'after update {n}'}"
-        elif phase == "logging":
-            where = f"while logging step {self.current_step}/{total}"
-        elif phase == "checkpoint":
-            where = f"while saving checkpoints/step-{self.current_step} (discarded: incomplete)"
-        elif phase == "final checkpoint":
-            where = "while saving checkpoints/final (discarded: incomplete)"
-        elif phase == "done":
-            where = "after the run had completed (its files are complete)"
-        else:
-            where = f"during {phase}"
-        lines = [f"interrupted (Ctrl-C) {where}."]
-        metrics = run / "metrics.jsonl"
-        if n:
-            lines.append(
-                f"{n} of {total} updates were completed and logged: {metrics} (training rows step=1..{n})"
-            )
-        else:
-            lines.append(f"no update was completed (no training row in {metrics}).")
-        if self.current_step > n and (
-            phase == "logging"
-            or (phase == "step" and self._timer is not None and self._timer.current == "sync")
-        ):
-            lines.append(
-                f"update {self.current_step} was applied to the in-memory weights but not logged or saved."
-            )
-        if self.last_checkpoint is not None:
-            lines.append(f"last complete checkpoint: {self.last_checkpoint}")
-        else:
-            every = cfg.train.checkpoint_every
-            why = (
-                f"none due yet with train.checkpoint_every={every}"
-                if every
-                else "train.checkpoint_every=0: only the final policy, at the end"
-            )
-            lines.append(f"no checkpoint was saved ({why}).")
-        lines.append("sandbox workers, engine and metrics logger were closed; nothing half-written was left.")
-        lines.append("There is no --resume yet. To start a fresh run with the same resolved config:")
-        lines.append(f"  agentic-gcpo train -c {run / 'config.yaml'}")
-        if self.last_checkpoint is not None:
-            lines.append(
-                "or, to start it from the checkpoint's weights (optimizer state and data order start over):"
-            )
-            lines.append(
-                f"  agentic-gcpo train -c {run / 'config.yaml'} model.path={self.last_checkpoint} "
-                f"train.steps={max(1, total - n)}"
-            )
-        return "\n".join(lines)
+        return interrupt_report(self)
