@@ -270,19 +270,16 @@ def _containers_of(pid: int) -> list[str]:
         client.close()
 
 
-@pytest.mark.parametrize("backend", ["local", pytest.param("docker", marks=pytest.mark.docker)])
-def test_ctrl_c_during_sandboxed_tool_calls_does_not_wait_for_them(tmp_path, backend):
-    """Eight trajectories each run `sleep 317` in their sandbox session (the agent loop's thread
-    pool); Ctrl-C must cancel and kill, not wait for the calls or the sandbox timeout."""
-    if backend == "docker":
-        _docker_or_skip()
-    body = """
+def _scripted_engine(turn: str) -> str:
+    """Script lines that make the trainer's engine answer every prompt with `turn` (a tool call):
+    the tiny random model never writes one by itself."""
+    return f"""
 from agentic_gcpo.engines.base import Completion, Engine
 import agentic_gcpo.train.trainer as trainer
 
-TURN = "Let me check.\\n```python\\nimport subprocess\\nsubprocess.run(['sleep', '317'])\\n```\\n"
+TURN = {turn!r}
 
-class SleepyEngine(Engine):
+class ScriptedEngine(Engine):
     def __init__(self, tok):
         self.tok = tok
     def generate(self, prompts, params):
@@ -291,8 +288,18 @@ class SleepyEngine(Engine):
     def update_weights(self, state_dict=None):
         pass
 
-trainer.make_engine = lambda backend, model, tokenizer, **kw: SleepyEngine(tokenizer)
+trainer.make_engine = lambda backend, model, tokenizer, **kw: ScriptedEngine(tokenizer)
 """
+
+
+@pytest.mark.parametrize("backend", ["local", pytest.param("docker", marks=pytest.mark.docker)])
+def test_ctrl_c_during_sandboxed_tool_calls_does_not_wait_for_them(tmp_path, backend):
+    """Eight trajectories each run `sleep 317` in their sandbox session (the agent loop's thread
+    pool); Ctrl-C must cancel and kill, not wait for the calls or the sandbox timeout."""
+    if backend == "docker":
+        _docker_or_skip()
+    turn = "Let me check.\n```python\nimport subprocess\nsubprocess.run(['sleep', '317'])\n```\n"
+    body = _scripted_engine(turn)
     argv = _script(
         tmp_path,
         body,
@@ -334,23 +341,7 @@ def nap(seconds: float) -> str:
     return "rested"
 """
     )
-    body = """
-from agentic_gcpo.engines.base import Completion, Engine
-import agentic_gcpo.train.trainer as trainer
-
-TURN = '<tool_call>{"name": "nap", "arguments": {"seconds": 300}}</tool_call>'
-
-class NappingEngine(Engine):
-    def __init__(self, tok):
-        self.tok = tok
-    def generate(self, prompts, params):
-        ids = self.tok(TURN, add_special_tokens=False).input_ids
-        return [Completion(list(ids), [-1.0] * len(ids), "stop") for _ in prompts]
-    def update_weights(self, state_dict=None):
-        pass
-
-trainer.make_engine = lambda backend, model, tokenizer, **kw: NappingEngine(tokenizer)
-"""
+    body = _scripted_engine('<tool_call>{"name": "nap", "arguments": {"seconds": 300}}</tool_call>')
     argv = _script(
         tmp_path,
         body,
