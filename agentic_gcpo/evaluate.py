@@ -265,6 +265,7 @@ def evaluate(
             sandbox.close()
         loop.close(wait=done)  # interrupted: queued tool calls are cancelled, running ones not joined
     wall = time.perf_counter() - t0
+    prec = getattr(eng, "precision", None)  # what 'auto' resolved to, where the backend resolves it
     settings = {
         "k": k,
         "tools": sorted(tool_map),
@@ -274,8 +275,8 @@ def evaluate(
         "limits": vars(limits),
         "seed": seed,
         "engine": engine,
-        "dtype": getattr(eng, "precision", None) and eng.precision.dtype or dtype,
-        "dtype_reason": getattr(eng, "precision", None) and eng.precision.reason or "",
+        "dtype": prec.dtype if prec else dtype,
+        "dtype_reason": prec.reason if prec else "",
         "max_batch_size": max_batch_size,
         "verify_timeout_s": verify_timeout_s,
         "extract_modes": list(modes),
