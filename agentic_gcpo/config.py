@@ -192,6 +192,12 @@ class TrainConfig(_Section):
     micro_batch_size: int = Field(
         8, ge=1, description="Sequences per forward/backward (gradient accumulation)."
     )
+    share_prefix: bool = Field(
+        True,
+        description="Forward each problem's prompt once per optimizer step and let its group's "
+        "sequences continue from its keys/values: the same log-probs and gradients up to float "
+        "rounding, without (G-1)/G of the prompt's compute. Off only to compare.",
+    )
     mini_batches: int = Field(
         1,
         ge=1,

@@ -382,10 +382,10 @@ for name in ("agentic_gcpo.train.update", "agentic_gcpo.train.trainer"):
         mod = importlib.import_module(name)
     except ImportError:
         continue
-    if hasattr(mod, "token_logprobs"):
-        mod.token_logprobs = slowed(mod.token_logprobs)
+    if hasattr(mod, "batch_logprobs"):
+        mod.batch_logprobs = slowed(mod.batch_logprobs)
         patched += 1
-assert patched, "no module of the learner holds token_logprobs"
+assert patched, "no module of the learner holds batch_logprobs"
 """
     argv = _script(tmp_path, body, f"run.output_dir={tmp_path / 'runs'}", "train.micro_batch_size=1")
     run = Run(argv, tmp_path)

@@ -13,7 +13,7 @@ import torch
 from agentic_gcpo.config import ConfigError, TrainConfig, load_config
 from agentic_gcpo.ledger import Source, Trajectory
 from agentic_gcpo.train import update as update_mod
-from agentic_gcpo.train.policy import pack, token_logprobs
+from agentic_gcpo.train.policy import SharedPrefixes, batch_logprobs, pack
 from agentic_gcpo.train.reward import score
 from agentic_gcpo.train.trainer import Trainer
 from agentic_gcpo.train.update import _plan, group_mini_batches, lr_factor
@@ -127,8 +127,8 @@ def test_default_is_one_step_with_old_equal_to_current_and_no_extra_pass(tmp_pat
     trajs = _gcpo_batch(tr)
     rec = _Recorder(tr)
     passes = []
-    real = update_mod.token_logprobs
-    monkeypatch.setattr(update_mod, "token_logprobs", lambda *a, **k: passes.append(1) or real(*a, **k))
+    real = update_mod.batch_logprobs
+    monkeypatch.setattr(update_mod, "batch_logprobs", lambda *a, **k: passes.append(1) or real(*a, **k))
     state = {k: v.clone() for k, v in tiny[0].state_dict().items()}
     try:
         m = tr.update(trajs)
@@ -152,9 +152,11 @@ def test_old_logprobs_come_from_the_generating_policy(tmp_path, tiny):
     trajs = _gcpo_batch(tr)
     assert any(t.is_golden for t in trajs)
     second = sorted(range(4, 8), key=lambda i: len(trajs[i].token_ids))  # mini-batch 2, as planned
-    b = pack([trajs[i] for i in second], tr.pad_id)
+    shared = SharedPrefixes([trajs[i] for i in second], tr.pad_id)  # as the update packs them
     with torch.no_grad():
-        pre = token_logprobs(tiny[0], b.input_ids, b.attention_mask, False, only=b.loss_mask)
+        shared.forward(tiny[0], bf16=False)
+        b = pack([trajs[i] for i in second], tr.pad_id, shared)
+        pre = batch_logprobs(tiny[0], b, False, cfg.rollout.temperature)
     rec = _Recorder(tr)
     state = {k: v.clone() for k, v in tiny[0].state_dict().items()}
     try:

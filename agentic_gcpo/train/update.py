@@ -16,6 +16,10 @@ Loss denominators (token-mean's token count, the seq-means' sequence count) are 
 optimizer step's mini-batch. Sequences with advantage exactly 0 contribute neither loss nor gradient
 under every registered algorithm, so they are not forwarded, but they still count in the denominators.
 
+Each optimizer step forwards each distinct prompt once (`train.share_prefix`, policy.SharedPrefixes):
+its group's sequences continue from its keys/values and its gradient is sent back once after the
+step's last micro-batch, so the G copies of a prompt cost one.
+
 Learning rate: linear warmup over `train.warmup_steps` optimizer steps, then constant or cosine down
 to `min_lr_ratio` x lr over the planned steps (steps x mini_batches x epochs). The position in the
 schedule is the optimizer-step *slot*: a mini-batch skipped because it had nothing to learn still
@@ -32,7 +36,7 @@ import torch
 from agentic_gcpo.algorithms import Algorithm, aggregate
 from agentic_gcpo.config import Config, TrainConfig
 from agentic_gcpo.ledger import Trajectory
-from agentic_gcpo.train.policy import PackedBatch, pack, token_logprobs
+from agentic_gcpo.train.policy import PackedBatch, SharedPrefixes, batch_logprobs, pack
 
 # What a step without a gradient logs, so every row has the same keys: the policy did not move
 # (ratio 1, KL 0); the sampler/trainer logprob gap was not measured (NaN -> null in the JSONL).
@@ -150,9 +154,16 @@ def policy_update(
         return {**NO_UPDATE, **out}
 
     def logprobs(b: PackedBatch) -> torch.Tensor:  # [n, T-1], 0 where loss_mask is 0
-        return token_logprobs(
-            model, b.input_ids, b.attention_mask, bf16, only=b.loss_mask, temperature=cfg.rollout.temperature
-        )
+        return batch_logprobs(model, b, bf16, cfg.rollout.temperature)
+
+    def prefixes(mb: _MiniBatch) -> SharedPrefixes | None:
+        """This optimizer step's prompts, forwarded once (with grad when grad mode is on)."""
+        members = [trajs[i] for idx in mb.micro for i in idx]
+        if not (tc.share_prefix and SharedPrefixes.applies(members, model)):
+            return None
+        shared = SharedPrefixes(members, pad_id)
+        shared.forward(model, bf16)
+        return shared
 
     model.train()  # the old pass too: the same mode as the training passes, so the ratio starts at 1
     reuse_current = n_slots == 1  # one step: the generating policy is the current one
@@ -169,12 +180,13 @@ def policy_update(
     if not reuse_current:
         with torch.no_grad():
             for mb in plan:
+                shared = prefixes(mb) if mb.micro else None
                 for idx in mb.micro:
-                    b = pack([trajs[i] for i in idx], pad_id)
+                    b = pack([trajs[i] for i in idx], pad_id, shared)
                     lp = logprobs(b)
                     sampler_gap(b, lp)
                     for row, i in enumerate(idx):
-                        old[i] = lp[row, : len(trajs[i].token_ids) - 1].clone()
+                        old[i] = lp[row, : b.positions(row)].clone()
 
     losses, norms, sums, weights = [], [], {}, 0
     for epoch in range(tc.epochs):
@@ -185,8 +197,9 @@ def policy_update(
             for group in opt.param_groups:
                 group["lr"] = lr
             step_loss = 0.0
+            shared = prefixes(mb)
             for idx in mb.micro:
-                b = pack([trajs[i] for i in idx], pad_id)
+                b = pack([trajs[i] for i in idx], pad_id, shared)
                 logp = logprobs(b)
                 if reuse_current:
                     old_lp = logp.detach()
@@ -207,6 +220,8 @@ def policy_update(
                 for key, v in m.items():
                     sums[key] = sums.get(key, 0.0) + float(v) * len(idx)
                 weights += len(idx)
+            if shared is not None:
+                shared.backward()  # the prompts' share of the gradient, once for the whole step
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             if math.isfinite(float(grad_norm)):
                 opt.step()
