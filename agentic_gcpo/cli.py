@@ -11,9 +11,13 @@ import time
 from typing import Any
 
 from agentic_gcpo.config import ConfigError, load_config
+from agentic_gcpo.data.cli import add_data_parser
 from agentic_gcpo.eval_cli import add_eval_parsers
+from agentic_gcpo.repl.cli import add_repl_parsers
 from agentic_gcpo.sandbox.cli import add_sandbox_parser
 from agentic_gcpo.tools_cli import add_tools_parser
+from agentic_gcpo.train.sft_cli import add_sft_parser
+from agentic_gcpo.verify.cli import add_verify_parser
 
 INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 
@@ -23,9 +27,9 @@ def _hard_exit(trainer: Any, why: str) -> None:
     try:
         if trainer is not None:
             trainer.kill_now()
-        from agentic_gcpo import verify_sympy
+        from agentic_gcpo.verify import helper_pool
 
-        verify_sympy.kill_all()
+        helper_pool.kill_all()
     finally:
         try:
             sys.stdout.flush()
@@ -66,9 +70,9 @@ def _interrupted_exit(guard: _SigintGuard) -> int:
     """INTERRUPTED, once the run's threads have ended. A thread still inside a call nothing can
     interrupt (an in-process tool running on to its own timeout) would hold the interpreter's exit,
     so after a short grace the process exits at once instead (its files are already closed)."""
-    from agentic_gcpo import verify_sympy
+    from agentic_gcpo.verify import helper_pool
 
-    verify_sympy.kill_all()  # a SymPy helper busy for the interrupted verification
+    helper_pool.kill_all()  # a SymPy helper busy for the interrupted verification
     deadline = time.monotonic() + 2.0
     others = [t for t in threading.enumerate() if t not in guard.threads_before and not t.daemon]
     for t in others:
@@ -77,7 +81,7 @@ def _interrupted_exit(guard: _SigintGuard) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(INTERRUPTED)
-    verify_sympy.shutdown()
+    helper_pool.shutdown()
     return INTERRUPTED
 
 
@@ -133,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     add_tools_parser(sub)
     add_sandbox_parser(sub)
     add_eval_parsers(sub)
+    add_verify_parser(sub)
+    add_repl_parsers(sub)
+    add_data_parser(sub)
+    add_sft_parser(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 

@@ -244,6 +244,43 @@ class TrainConfig(_Section):
         return self
 
 
+class SFTConfig(_Section):
+    """`agentic-gcpo sft`: supervised cold start on golden tool trajectories (see train/sft.py).
+
+    Goldens come from `data` as `golden.source`/`golden.style` build them; prompt, tools, model,
+    run and `train.precision`, `train.micro_batch_size`, `train.grad_clip`, `train.weight_decay`
+    are shared with RL training, so the SFT checkpoint continues into `agentic-gcpo train`."""
+
+    epochs: int = Field(2, ge=1, description="Passes over the verified goldens.")
+    lr: float = Field(1e-4, gt=0, description="AdamW peak learning rate of the SFT stage.")
+    batch_size: int = Field(
+        8, ge=1, description="Golden sequences per optimizer step (accumulated in train.micro_batch_size)."
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="Linear learning-rate warmup over this many optimizer steps (0: none)."
+    )
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine",
+        description="After warmup: 'constant' keeps sft.lr; 'cosine' decays it towards 0 over the "
+        "remaining steps (the last one still learns).",
+    )
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="Build goldens for the first N problems of data.path only (after data.limit; None: all).",
+    )
+    require_tool_call: bool = Field(
+        True,
+        description="Train only on goldens that call a tool; a tool-free one (a solution without "
+        "calculator annotations) is refused and counted, since the stage teaches tool use.",
+    )
+    eval: bool = Field(
+        True,
+        description="Evaluate on the eval section's held-out split (eval.path, limit, k, temperature) "
+        "before and after SFT; skipped when eval.path is unset.",
+    )
+
+
 class LogConfig(_Section):
     tensorboard: bool = Field(False, description="Also write TensorBoard events (needs tensorboard).")
     wandb: bool = Field(False, description="Also log to Weights & Biases (needs wandb; offline if no key).")
@@ -265,6 +302,7 @@ class Config(_Section):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ decode themselves for stop-string checks; what they return is always the sampled
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,9 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # generation ends once the new text contains one
     stop_token_ids: list[int] = field(default_factory=list)  # e.g. the end-of-turn token
     seed: int | None = None
+    # Streaming for interactive use (the REPL): called with each sampled id as soon as it is drawn.
+    # None in training. An engine that cannot stream may skip it; callers must not rely on it firing.
+    on_token: Callable[[int], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

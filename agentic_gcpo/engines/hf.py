@@ -195,6 +195,8 @@ class HFEngine(Engine):
                 p, tok = params[i], new_tok[r]
                 toks[i].append(tok)
                 lps[i].append(new_lp[r])
+                if p.on_token is not None:
+                    p.on_token(tok)
                 fin = None
                 if tok in p.stop_token_ids:
                     fin = Completion(toks[i], lps[i], "stop", tok)

@@ -13,6 +13,7 @@ it runs on; it only sees token ids and logprobs.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -50,11 +51,24 @@ class _Episode:
     pending: list[Any] | None = None  # parsed calls waiting for the TOOLS state
 
 
+# An observer of a run, for interactive use (the REPL): on_event(kind, trajectory, payload) with
+# kind "token" (a sampled id, as the engine draws it), "turn" (the turn's Completion, once appended),
+# "tools" (that turn's ToolCallRecords, once run) or "done" (the finish reason).
+EventHook = Callable[[str, Trajectory, Any], None]
+
+
 class AgentLoop:
     def __init__(
-        self, engine: Engine, chat: ChatFormat, tools: dict[str, Tool], sandbox: Any, limits: LoopLimits
+        self,
+        engine: Engine,
+        chat: ChatFormat,
+        tools: dict[str, Tool],
+        sandbox: Any,
+        limits: LoopLimits,
+        on_event: EventHook | None = None,
     ) -> None:
         self.engine, self.chat, self.tools, self.sandbox, self.limits = engine, chat, tools, sandbox, limits
+        self.on_event = on_event  # None in training and eval: nothing extra runs
         self._pool = ThreadPoolExecutor(max_workers=limits.tool_threads, thread_name_prefix="tool")
 
     def close(self, wait: bool = True) -> None:
@@ -105,6 +119,7 @@ class AgentLoop:
                 stop=list(self.chat.stop),
                 stop_token_ids=list(self.chat.eos_ids),
                 seed=hash((seed, e.traj.group_id, i, turn)) & 0x7FFFFFFF,
+                on_token=self._token_hook(e.traj) if self.on_event else None,
             )
             for i, (e, n) in enumerate(ready)
         ]
@@ -114,6 +129,8 @@ class AgentLoop:
             text = self.chat.decode([t for t in c.token_ids if t not in self.chat.eos_ids])
             e.traj.turn_texts.append(text)
             e.traj.final_text = text
+            if self.on_event:
+                self.on_event("turn", e.traj, c)
             parsed = parse_turn(text, self.chat.call_format, self.chat.tool_names)
             if parsed.ignored_calls:
                 e.traj.parse_errors.append("too_many_calls")
@@ -141,6 +158,8 @@ class AgentLoop:
         for e in eps:
             records = futures[id(e)].result()
             e.traj.tool_calls.extend(records)
+            if self.on_event:
+                self.on_event("tools", e.traj, records)
             last = e.traj.token_ids[-1] if e.traj.token_ids else None
             for ids, src in self.chat.tool_turn([r.observation for r in records], last).pieces:
                 e.traj.append(ids, src)
@@ -170,9 +189,16 @@ class AgentLoop:
                 )
         return out
 
+    def _token_hook(self, traj: Trajectory) -> Callable[[int], None]:
+        hook = self.on_event
+        assert hook is not None
+        return lambda tok: hook("token", traj, tok)
+
     def _finish(self, e: _Episode, reason: str) -> None:
         e.traj.finish_reason = reason
         e.state = AgentState.DONE
+        if self.on_event:
+            self.on_event("done", e.traj, reason)
         if self.sandbox is not None:
             self.sandbox.close_session(e.session)
         for t in self.tools.values():  # stateful (class) tools free this trajectory's state now

@@ -1,127 +1,26 @@
-"""Answer extraction and normalisation for the verifier (pure Python, no SymPy).
+"""Our normaliser (pure Python, no SymPy): LaTeX-ish or plain answer -> plain ASCII expression.
 
-``prepare`` turns a LaTeX-ish or plain answer into a plain ASCII expression that both the exact
-numeric parser here (``parse_number``) and SymPy's tokenizer read: ``\\frac{3}{4}`` ->
+``prepare`` turns a whole answer into text that both the exact numeric parser (``numeric``) and
+SymPy's tokenizer read: ``\\frac{3}{4}`` ->
 ``((3)/(4))``, ``\\sqrt[3]{x}`` -> ``((x)^(1/(3)))``, ``\\$1,200.`` -> ``1200``, ``18\\%`` -> ``18``;
 then ``finish`` cleans each element of a tuple/set: ``x = 5`` -> ``5``, ``5 apples`` -> ``5``.
-The policy choices are documented in ``agentic_gcpo.verify``.
+The policy choices are documented in ``agentic_gcpo.verify.core`` and docs/verifier.md.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from fractions import Fraction
+
+from agentic_gcpo.verify.extract import balanced_group, last_boxed
 
 MAX_ANSWER_CHARS = 2_000  # longer "answers" are rejected: no real math answer is this long
-MAX_TEXT_CHARS = 1_000_000  # only the tail of a longer model output is searched
-
-# ---------------------------------------------------------------------------------------------
-# Extraction
-
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_ANSWER_RE = re.compile(r"\banswer\b\s*(?:is\b\s*:?|:|=)[ \t]*(.*)", re.IGNORECASE)
-_GSM_RE = re.compile(r"####[ \t]*(.*)")
-_NUMBER_RE = re.compile(
-    r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|(?<![\w.])-?\.\d+"
-)
-_SENTENCE_END = re.compile(r"\.(?:\s|$)")
 
 
-def balanced_group(text: str, i: int) -> tuple[str, int] | None:
-    """Content of the brace group opening at text[i] == '{' and the index after it; None if unclosed.
+class Refused(ValueError):
+    """An answer refused on purpose (too long, two numbers side by side): final, never "equal",
+    and no other checker is asked (math-verify would read "2 3" as a product)."""
 
-    Escaped braces (set notation ``\\{1,2\\}``) do not count towards the depth.
-    """
-    depth, j, n = 0, i, len(text)
-    while j < n:
-        c = text[j]
-        if c == "\\":
-            j += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j], j + 1
-        j += 1
-    return None
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete \\boxed{...} / \\fbox{...} (or ``\\boxed 5``); None if none."""
-    for m in reversed(list(_BOX_RE.finditer(text))):
-        i = m.end()
-        while i < len(text) and text[i] in " \t":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            group = balanced_group(text, i)
-            if group is not None:  # a truncated last box falls back to an earlier complete one
-                return group[0].strip()
-        else:
-            tok = re.match(r"[^\s$]+", text[i:])
-            if tok:
-                return tok.group(0)
-    return None
-
-
-_MATH_DOLLAR = re.compile(r"(?<!\\)\$+")  # an unescaped $ or $$ (\$ is a currency sign)
-
-
-def _clean_phrase(x: str) -> str:
-    x = x.strip().strip("*").strip()
-    delims = list(_MATH_DOLLAR.finditer(x))
-    # "$\frac{1}{2}$" is math: take what the first pair encloses; "$1,200." is currency.
-    if x.startswith("$") and len(delims) >= 2:
-        return x[delims[0].end() : delims[1].start()].strip()
-    if x.startswith("\\(") and "\\)" in x:
-        return x[2 : x.index("\\)")].strip()
-    m = _SENTENCE_END.search(x)
-    if m:
-        x = x[: m.start()]
-    return x.strip().rstrip(".").strip("*").strip()
-
-
-EXTRACT_MODES = ("boxed", "answer_is", "gsm8k", "last_number")
-
-
-def extract_answer(text: str, modes: tuple[str, ...] | list[str] = EXTRACT_MODES) -> str | None:
-    """The final answer by the first mode (in the order given) that finds one; None if none does."""
-    if not isinstance(text, str) or not text:
-        return None
-    unknown = [m for m in modes if m not in EXTRACT_MODES]
-    if unknown:
-        raise ValueError(f"unknown extraction mode(s) {unknown}; valid: {', '.join(EXTRACT_MODES)}")
-    text = text[-MAX_TEXT_CHARS:]
-    for mode in modes:
-        if mode == "boxed":
-            boxed = last_boxed(text)
-            if boxed is not None:
-                return boxed
-        elif mode == "last_number":
-            numbers = _NUMBER_RE.findall(text)
-            if numbers:
-                return numbers[-1]
-        else:
-            pattern = _ANSWER_RE if mode == "answer_is" else _GSM_RE
-            for m in reversed(list(pattern.finditer(text))):
-                phrase = _clean_phrase(m.group(1))
-                if phrase:
-                    return phrase
-    return None
-
-
-def reference_answer(ref: str) -> str:
-    """Light normaliser for references: a full GSM8K solution keeps what follows its last ####."""
-    if "####" in ref:
-        return ref.rsplit("####", 1)[1].strip()
-    boxed = last_boxed(ref)
-    return boxed if boxed is not None else ref
-
-
-# ---------------------------------------------------------------------------------------------
-# Normalisation
 
 _UNICODE = {
     "\u2212": "-", "\u2013": "-", "\u00d7": "*", "\u00b7": "*", "\u22c5": "*", "\u00f7": "/",
@@ -299,7 +198,7 @@ def _expand_pm(s: str) -> str:
 def prepare(s: str) -> str:
     """Plain ASCII form of a whole answer (before splitting tuples/sets); ValueError if unreadable."""
     if len(s) > MAX_ANSWER_CHARS:
-        raise ValueError("answer too long")
+        raise Refused("answer too long")
     s = re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "", s)
     for k, v in _UNICODE.items():
         s = s.replace(k, v)
@@ -320,7 +219,7 @@ def prepare(s: str) -> str:
     # would read it as 2*3), so it is refused rather than multiplied.
     s = re.sub(r"(?<![\d.])\d{1,3}(?: \d{3})+(?![\d.])", lambda m: m.group(0).replace(" ", ""), s)
     if re.search(r"\d\s+\d", s):
-        raise ValueError("two numbers side by side")
+        raise Refused("two numbers side by side")
     s = re.sub(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d])", lambda m: m.group(1).replace(",", ""), s)
     s = re.sub(r"\s+", " ", s).strip().rstrip(".;").strip()
     if not s:
@@ -373,101 +272,3 @@ def split_structure(s: str) -> tuple[str, list[str]]:
         if kind == "set" and len(elems) > 1:
             return ("set" if s[0] == "{" else s[0] + s[-1]), elems
     return "single", [s]
-
-
-# ---------------------------------------------------------------------------------------------
-# Exact numeric fast path: + - * / ^ ** and parentheses over decimal numbers, with Fractions.
-
-_TOKEN = re.compile(r"\s*(\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\*\*|[-+*/^()])")
-
-
-def _number(tok: str) -> Fraction:
-    m = re.fullmatch(r"(\d*\.?\d*)(?:[eE]([-+]?\d+))?", tok)
-    assert m is not None
-    mantissa, exp = m.group(1), int(m.group(2) or 0)
-    if len(mantissa) > 1000 or abs(exp) > 400:  # Fraction('1e999999999') would build 10**1e9
-        raise ValueError("number too large for the fast path")
-    return Fraction(mantissa) * Fraction(10) ** exp
-
-
-def parse_number(s: str) -> tuple[Fraction, bool] | None:
-    """(value, written_as_decimal) for a plain arithmetic expression, else None (not an error)."""
-    toks, pos = [], 0
-    while pos < len(s):
-        m = _TOKEN.match(s, pos)
-        if m is None:
-            return None if s[pos:].strip() else _eval(toks)
-        toks.append(m.group(1))
-        pos = m.end()
-    return _eval(toks)
-
-
-def _eval(toks: list[str]) -> tuple[Fraction, bool] | None:
-    inexact = any(t[0].isdigit() or t[0] == "." for t in toks if ("." in t or "e" in t.lower()))
-    k = 0
-
-    def peek() -> str | None:
-        return toks[k] if k < len(toks) else None
-
-    def take() -> str:
-        nonlocal k
-        k += 1
-        return toks[k - 1]
-
-    def expr(d: int) -> Fraction:
-        if d > 100:
-            raise ValueError("too deep")
-        v = term(d)
-        while peek() in ("+", "-"):
-            v = v + term(d) if take() == "+" else v - term(d)
-        return v
-
-    def term(d: int) -> Fraction:
-        v = unary(d)
-        while peek() in ("*", "/"):
-            if take() == "*":
-                v *= unary(d)
-            else:
-                v /= unary(d)  # ZeroDivisionError -> None below
-        return v
-
-    def unary(d: int) -> Fraction:
-        if peek() in ("+", "-"):
-            return unary(d + 1) if take() == "+" else -unary(d + 1)
-        base = atom(d)
-        if peek() in ("^", "**"):
-            take()
-            e = unary(d + 1)
-            if e.denominator != 1 or abs(e) > 10_000 or (base == 0 and e < 0):
-                raise ValueError("power outside the fast path")
-            bits = max(base.numerator.bit_length(), base.denominator.bit_length())
-            if bits * abs(e) > 100_000:
-                raise ValueError("power too large for the fast path")
-            return base ** int(e)
-        return base
-
-    def atom(d: int) -> Fraction:
-        t = take() if peek() is not None else None
-        if t == "(":
-            v = expr(d + 1)
-            if take() != ")":
-                raise ValueError("unbalanced")
-            return v
-        if t is None or not (t[0].isdigit() or t[0] == "."):
-            raise ValueError("expected a number")
-        return _number(t)
-
-    try:
-        value = expr(0)
-        return (value, inexact) if k == len(toks) else None
-    except (ValueError, ZeroDivisionError, IndexError, OverflowError, RecursionError):
-        return None
-
-
-def numbers_close(a: Fraction, b: Fraction, inexact: bool) -> bool:
-    """Exact equality, or math.isclose-style (rel 1e-6, abs 1e-9) when a decimal was written."""
-    if a == b:
-        return True
-    if not inexact:
-        return False
-    return abs(a - b) <= max(Fraction(1, 10**6) * max(abs(a), abs(b)), Fraction(1, 10**9))

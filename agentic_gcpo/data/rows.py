@@ -155,7 +155,7 @@ def parse_row(row: Any, where: str, fmt: str = "gsm8k", fields: dict[str, str] |
     if raw is not None and ref is None:
         raise DataError(f"{where}: '{akey}' must be a non-empty string or a number, got {raw!r:.60}")
     if ref is None and fmt == "math" and solution:
-        from agentic_gcpo.verify_normalise import last_boxed  # MATH keeps its answer in the solution
+        from agentic_gcpo.verify.extract import last_boxed  # MATH keeps its answer in the solution
 
         ref = last_boxed(solution) or None
         if ref is None:

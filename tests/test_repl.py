@@ -1,0 +1,205 @@
+"""`agentic-gcpo repl` driven as a person would, in a real pseudo-terminal (pexpect), with real models
+and the real sandbox: no engine, tool or sandbox is mocked.
+
+A random tiny model never writes a tool call, so one test model is made that does: the tiny model,
+overfitted by teacher forcing on the loss-mask tokens of one golden trajectory (built by
+rollout/golden.py, its tool call run in the sandbox). Greedy decoding then replays that trajectory
+through the agent loop: a python call, its real output, a boxed answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+import pytest
+import torch
+
+from agentic_gcpo.data import Problem
+
+pexpect = pytest.importorskip("pexpect")
+
+QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
+GOLDEN = [
+    {"role": "assistant", "content": "```python\nx = 3 + 4\nprint(x)\n```\n"},
+    {"role": "assistant", "content": "The answer is \\boxed{7}."},
+]
+PROMPT = "gcpo>"  # prompt_toolkit draws the space as a cursor move
+
+
+@pytest.fixture(scope="module")
+def tool_model(tmp_path_factory, sandbox, python_tools):
+    """A model directory whose greedy rollout of QUESTION calls python and answers 7 (~10 s on CPU)."""
+    from agentic_gcpo.engines import make_engine
+    from agentic_gcpo.models import tiny_model
+    from agentic_gcpo.rollout.agent_loop import AgentLoop, LoopLimits
+    from agentic_gcpo.rollout.chat import ChatFormat
+    from agentic_gcpo.rollout.golden import GoldenSource
+
+    model, tok = tiny_model(seed=0)
+    chat = ChatFormat(tok, python_tools, "auto", None, 0)  # the REPL's default prompt and call format
+    problem = Problem("p", QUESTION, "7", "", GOLDEN)
+    golden = GoldenSource(chat, python_tools, sandbox).get(problem, 0)
+    assert golden is not None and golden.tool_calls[0].observation.strip() == "7"
+    ids = torch.tensor([golden.token_ids])
+    mask = torch.tensor(golden.loss_mask[1:]).bool()  # position i predicts token i + 1
+    pos, target = torch.nonzero(mask).squeeze(-1), ids[0, 1:][mask]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a busy 2-core machine, one thread is ~10x faster for this size
+    try:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        model.train()
+        for _ in range(300):
+            logits = model.lm_head(model.model(input_ids=ids).last_hidden_state[0, pos])
+            loss = torch.nn.functional.cross_entropy(logits, target)
+            if bool((logits.argmax(-1) == target).all()) and loss.item() < 0.3:
+                break
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        # the fixture's own check, so a failure here is not mistaken for a REPL bug
+        loop = AgentLoop(
+            make_engine("hf", model, tok, dtype="float32"),
+            chat,
+            python_tools,
+            sandbox,
+            LoopLimits(temperature=0.0),
+        )
+        replay = loop.run([problem], 1)[0]
+        loop.close()
+    finally:
+        torch.set_num_threads(threads)
+    assert replay.token_ids == golden.token_ids, f"overfitting did not take (loss {loss.item():.3f})"
+    out = tmp_path_factory.mktemp("tool_model")
+    model.save_pretrained(out / "model")
+    tok.save_pretrained(out / "model")
+    row = {"question": QUESTION, "answer": "Tom has 3+4=<<3+4=7>>7 apples.\n#### 7", "golden": GOLDEN}
+    (out / "data.jsonl").write_text(json.dumps(row) + "\n")
+    return out
+
+
+def _spawn(args: list[str], tmp_path) -> pexpect.spawn:
+    env = dict(os.environ)
+    # plain text to match on; no cursor-position requests a pty without a terminal cannot answer
+    env.update(NO_COLOR="1", PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "agentic_gcpo.cli", "repl", "--history", str(tmp_path / "history"), *args]
+    child = pexpect.spawn(cmd[0], cmd[1:], env=env, encoding="utf-8", timeout=120, dimensions=(50, 200))
+    child.logfile_read = open(tmp_path / "transcript.txt", "w")  # noqa: SIM115 - read on failure
+    return child
+
+
+def test_repl_session_with_a_tool_using_model(tool_model, tmp_path):
+    data = tool_model / "data.jsonl"
+    saved = tmp_path / "saved.jsonl"
+    child = _spawn(
+        ["--model", str(tool_model / "model"), "engine.dtype=float32", "sandbox.pool_size=1"], tmp_path
+    )
+    child.expect("Type a problem")
+    child.expect_exact(PROMPT)
+
+    # a typed problem: reasoning streams, the call is shown with its code, then the sandbox's output
+    child.sendline(QUESTION)
+    child.expect("── turn 1 ──")
+    child.expect(r"⚙ tool call: python\s+│ x = 3 \+ 4\s+│ print\(x\)")
+    child.expect(r"→ output \(ok[^\n]*not trained on\):\s+│ 7")
+    child.expect("── turn 2 ──")
+    child.expect(r"■ answer: 7 · no reference")
+    child.expect_exact(PROMPT)
+
+    child.sendline("/tokens")
+    child.expect(r"\[sampled · mask 1 · trained on · #\d+-#\d+ · mean logprob -?\d")
+    child.expect(r"\[template · mask 0 · not trained on")
+    child.expect(r"\[tool · mask 0 · not trained on")
+    child.expect_exact(PROMPT)
+
+    # a bad command: one line naming the valid ones, then the prompt again
+    child.sendline("/frobnicate")
+    child.expect(r"error: unknown command /frobnicate; commands: /help [^\r\n]*/quit[^\r\n]*\r\n")
+    child.expect_exact(PROMPT)
+
+    # a dataset problem with its reference: verified
+    child.sendline(f"/load {data} 0")
+    child.expect("reference: 7")
+    child.expect("⚙ tool call: python")
+    child.expect(r"■ answer: 7 · reference: 7 · ✓ correct")
+    child.expect_exact(PROMPT)
+
+    child.sendline("/k 2")
+    child.expect(r"#0 answer: ")
+    child.expect(r"#1 answer: ")
+    child.expect(r"pass rate [0-2]/2 \(\d+%\) · majority answer")
+    child.expect_exact(PROMPT)
+
+    child.sendline("/golden")
+    child.expect("GOLDEN trajectory")
+    child.expect(r"→ output \(ok[^\n]*not trained on\):\s+│ 7")
+    child.expect(r"\[tool · mask 0 · not trained on")
+    child.expect_exact(PROMPT)
+
+    child.sendline(f"/save {saved}")
+    child.expect("appended 3 trajectories")
+    child.expect_exact(PROMPT)
+
+    child.sendline("/reset")
+    child.expect("forgot the problem")
+    child.sendline("/tokens")
+    child.expect("no trajectory yet")
+    child.expect_exact(PROMPT)
+
+    child.sendline("/quit")
+    child.expect("bye")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    lines = [json.loads(x) for x in saved.read_text().splitlines()]
+    assert [d["is_golden"] for d in lines] == [False, False, True]
+    assert all(d["question"] == QUESTION for d in lines)
+
+
+def test_help_ctrl_c_during_generation_and_ctrl_d(tmp_path):
+    # The random tiny model at temperature 1 rambles for thousands of tokens: time enough to interrupt.
+    from agentic_gcpo.repl.commands import COMMANDS
+
+    child = _spawn(["--model", "tiny", "--tools", "none", "engine.dtype=float32"], tmp_path)
+    child.expect_exact(PROMPT)
+    child.sendline("/help")  # every command is discoverable
+    for name in COMMANDS:
+        child.expect(re.escape(name) + " ")
+    child.expect_exact(PROMPT)
+    child.sendline("/k x")  # a bad argument: the command's usage, in one line
+    child.expect(r"error: usage: /k N  \(N trajectories[^\r\n]*\)\r\n")
+    child.expect_exact(PROMPT)
+    for line in ("/set temperature 1", "/set tokens 4000", "/set budget 5000"):
+        child.sendline(line)
+        child.expect_exact(PROMPT)
+    child.sendline("Say something long.")
+    child.expect("── turn 1 ──")
+    child.expect(r"[^\s│]{20}")  # text is streaming in
+    time.sleep(0.5)
+    child.sendintr()
+    t0 = time.monotonic()
+    child.expect("generation stopped")
+    assert time.monotonic() - t0 < 30
+    child.expect_exact(PROMPT)
+    child.sendline("/set")  # still alive, settings intact
+    child.expect(r"temperature 1 · top_p 1 · tokens/turn 4000")
+    child.expect_exact(PROMPT)
+    child.send("\x1b[A")  # arrow up: the last line again from the history
+    child.send("\r")
+    child.expect(r"temperature 1 · top_p 1 · tokens/turn 4000")
+    child.expect_exact(PROMPT)
+    child.send("/gol\t")  # Tab completes the command
+    child.expect("den")
+    child.send("\r")
+    child.expect("error: this problem has no worked solution")  # /golden ran, on the typed problem
+    child.expect_exact(PROMPT)
+    assert "■ answer" not in (tmp_path / "transcript.txt").read_text()  # the stopped run was not scored
+    child.sendcontrol("d")
+    child.expect("bye")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
