@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agentic_gcpo.config import ConfigError, load_config
@@ -85,20 +86,25 @@ def _interrupted_exit(guard: _SigintGuard) -> int:
     return INTERRUPTED
 
 
-def _train(args: argparse.Namespace) -> int:
-    """Ctrl-C anywhere (imports, setup, training, the last print) ends in one message and 130."""
+def run_guarded(
+    run: Callable[[argparse.Namespace, _SigintGuard], int], args: argparse.Namespace, before_start: str
+) -> int:
+    """A long command (train, sft) under one Ctrl-C policy: anywhere (imports, setup, the run, the
+    last print) it ends in one message and exit 130. `run` sets `guard.trainer` once it has one, whose
+    `interrupt_report()` is that message; before that, `before_start` says what was lost."""
     with _SigintGuard() as guard:
         try:
-            return _run_training(args, guard)
+            return run(args, guard)
         except KeyboardInterrupt:
             if guard.trainer is None:
-                print(
-                    "interrupted (Ctrl-C) during setup, before any update: nothing to resume.",
-                    file=sys.stderr,
-                )
+                print(f"interrupted (Ctrl-C) during setup, {before_start}", file=sys.stderr)
             else:
                 print(guard.trainer.interrupt_report(), file=sys.stderr, flush=True)
             return _interrupted_exit(guard)
+
+
+def _train(args: argparse.Namespace) -> int:
+    return run_guarded(_run_training, args, "before any update: nothing to resume.")
 
 
 def _run_training(args: argparse.Namespace, guard: _SigintGuard) -> int:

@@ -1,70 +1,328 @@
-"""Learning benchmark: GCPO vs GRPO vs GPG on the same model, problems, seeds and budget.
+"""Learning bench (issue 11): GCPO vs GRPO, GPG, SFT-only and SFT -> GCPO at an equal budget,
+plus the paper's ablations, judged on >= 300 held-out problems per eval set.
 
-    python bench/learning.py                      # the default budget (embedded model, CPU)
-    python bench/learning.py --steps 2 --eval-every 1 --eval-limit 4 --model tiny   # a smoke run
+    python bench/learning.py                                     # honest budget, all arms (hours)
+    python bench/learning.py --steps 8 --final-limit 100 --arms gcpo,grpo,sft+gcpo   # reduced
+    python bench/learning.py --model tiny --arms gcpo,sft,sft+gcpo --steps 1 --prompts-per-step 2 \\
+        --group-size 2 --eval-every 1 --eval-limit 2 --final-limit 3 rollout.max_new_tokens_per_turn=16
 
-Every algorithm starts from the same embedded SmolLM2 weights, sees the same training problems in
-the same order (same run.seed), uses the same 0-shot prompt with the python tool and is evaluated
-greedily on the same held-out problems (`builtin:gsm8k_heldout_64`: GSM8K *train* rows 501-564, not
-the training subset and not the test split, so nothing here is tuned on test). Writes
-`<out>/results.json` (eval curves: held-out accuracy and tool-call rate per evaluation point) and
-`<out>/learning.png`, and prints the final table with the differences measured in this run.
+Arms (`--arms`, default all): `gcpo` (from the untouched model), `grpo`, `gpg`, `sft` (SFT only),
+`sft+gcpo` (SFT, then GCPO from its checkpoint), and the ablations `gcpo-noinject`
+(golden.enabled=false) and the ratio pair `gcpo-seq-ratio` / `gcpo-token-ratio`. With one
+optimizer step per rollout batch every ratio is 1, so the ratio pair both run `train.epochs`
+= max(2, --epochs) and differ only in `algorithm.ratio_level` (--ablation-steps sets their steps);
+they see the same rollouts per step as the other arms but train each twice (twice the passes).
+The untouched model is always evaluated too (row `untouched`). Every run uses
+configs/embedded_gcpo.yaml (0-shot prompt, python tool, 3 turns of <= 192 tokens), the same seed
+and training problems (`--train-set arith`: builtin:arith_train, `gsm8k`: builtin:gsm8k_train_500)
+and the extra dotted overrides given after the flags (they also set the final eval's limits).
+
+Budget = trained sequence passes. An RL arm trains steps x prompts_per_step x group_size x epochs
+(each rollout sequence is generated once, trained `epochs` times). `sft` trains the same number of
+golden sequence passes (sft.limit = budget / --sft-epochs problems, batches of 8, warmup 1, cosine).
+`sft+gcpo` splits it: --sft-share (0.5) of the passes go to its SFT stage, then GCPO runs
+round((1 - share) x steps) steps. SFT passes generate nothing, so SFT arms use less wall-clock
+at equal passes: each arm's wall time, generated tokens and passes are recorded and printed, so
+the budgets actually used are visible.
+
+Default budget (an estimate, not a measurement): 12 updates x 3 problems x G=8 at ~60 s per update
+on the 2-core dev machine (bf16; docs/notes.md: 34-79 s) plus 4 periodic evals of 32 problems,
+about 15 min per RL arm; ~1.5x longer on an AVX2-only CPU (README: 8 updates in 18 min 24 s).
+The final evaluations (greedy, every arm and the untouched model, --final-limit problems of each
+eval set) come on top and are timed separately.
+
+All arms at the default budget: roughly 8 x 15 min of training plus 9 policies x 2 sets x 300
+greedy final evals; `--arms` and `--final-limit` cut it down.
+
+Curves: the trainer's periodic eval (greedy, --eval-limit problems of arith_test every
+--eval-every updates; SFTRun evaluates only before and after), x = sequence passes trained. Final: `evaluate()` on the first
+--final-limit problems of each `--eval-sets` set: `arith` (builtin:arith_test, disjoint from
+arith_train) and `gsm8k` (GSM8K test, ../shared/data/gsm8k/test.jsonl), pass@1 with a 95 % Wilson
+interval and the tool-call rate. Nothing is tuned on these splits. Writes <out>/results.json
+(rewritten after every arm, so Ctrl-C keeps what is done), <out>/learning.png, and prints a
+markdown table and the issue's bar checks (met / not met, with numbers). "Best GCPO recipe" on
+GSM8K is the better of `gcpo` and `sft+gcpo` there, as the issue words the bar. An arm that raises
+is reported with its error and the others run; an arm stopped by Ctrl-C keeps its run directory
+(metrics.jsonl) under <out>/runs but no curve or final eval in results.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import shlex
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agentic_gcpo.config import load_config  # noqa: E402
-from agentic_gcpo.train.trainer import Trainer  # noqa: E402
 
 ACC, TOOLS = "eval/pass@1", "eval/tools/traj_with_call_frac"
+TRAIN_SETS = {"arith": "builtin:arith_train", "gsm8k": "builtin:gsm8k_train_500"}
+EVAL_SETS = {
+    "arith": "builtin:arith_test",
+    "gsm8k": str(REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"),
+}
+SFT_OVERRIDES = "sft.eval=true sft.batch_size=8 sft.warmup_steps=1 sft.lr_schedule=cosine".split()
+EPS = 1e-9  # counts over n make fractions; 0.6 - 0.3 must count as 30 points
+RATIO_PAIR = ("gcpo-seq-ratio", "gcpo-token-ratio")
+ARMS: dict[str, tuple[str, list[str]]] = {  # name -> (kind, overrides)
+    "gcpo": ("rl", ["algorithm.name=gcpo"]),
+    "grpo": ("rl", ["algorithm.name=grpo"]),
+    "gpg": ("rl", ["algorithm.name=gpg"]),
+    "sft": ("sft", []),
+    "sft+gcpo": ("sft+rl", ["algorithm.name=gcpo"]),
+    "gcpo-noinject": ("rl", ["algorithm.name=gcpo", "golden.enabled=false"]),
+    "gcpo-seq-ratio": ("rl", ["algorithm.name=gcpo", "algorithm.ratio_level=sequence"]),
+    "gcpo-token-ratio": ("rl", ["algorithm.name=gcpo", "algorithm.ratio_level=token"]),
+}
 
 
-def run_one(algo: str, args: argparse.Namespace, out: Path) -> dict:
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of k successes in n trials."""
+    if n == 0:
+        return 0.0, 1.0
+    p, d = k / n, 1 + z * z / n
+    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def config(args: argparse.Namespace, name: str, extra: list[str]):
+    epochs = max(2, args.epochs) if name in RATIO_PAIR else args.epochs
+    steps = args.ablation_steps if name in RATIO_PAIR and args.ablation_steps else args.steps
     overrides = [
-        f"algorithm.name={algo}",
         f"model.path={args.model}",
-        f"run.name={algo}",
-        f"run.output_dir={out / 'runs'}",
+        f"run.name={name.replace('+', '-')}",
+        f"run.output_dir={args.out / 'runs'}",
         f"run.seed={args.seed}",
-        f"train.steps={args.steps}",
+        f"data.path={TRAIN_SETS[args.train_set]}",
+        f"train.steps={steps}",
         f"train.prompts_per_step={args.prompts_per_step}",
+        f"train.epochs={epochs}",
         f"rollout.group_size={args.group_size}",
         f"train.lr={args.lr}",
         "prompt.fewshot=0",
-        "eval.path=builtin:gsm8k_heldout_64",
+        f"eval.path={EVAL_SETS['arith']}",
         f"eval.limit={args.eval_limit}",
         f"eval.every={args.eval_every}",
         "log.progress=false",
+        *ARMS[name][1],
+        *extra,
         *args.override,
     ]
-    cfg = load_config(REPO / "configs" / "embedded_gcpo.yaml", overrides)
-    t0 = time.time()
+    return load_config(REPO / "configs" / "embedded_gcpo.yaml", overrides)
+
+
+def rows_of(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def point(r: dict, x: float, stage: str) -> dict:
+    return dict(x=x, step=r["step"], stage=stage, accuracy=r[ACC], tool_call_rate=r.get(TOOLS, 0.0))
+
+
+def run_rl(cfg, arm: dict, x0: float = 0.0) -> Path:
+    from agentic_gcpo.train.trainer import Trainer
+
     run_dir = Trainer(cfg).train()
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in rows if ACC in r]
-    train = [r for r in rows if "reward/mean" in r]
-    return {
-        "algorithm": algo,
-        "run_dir": str(run_dir),
-        "wall_s": time.time() - t0,
-        "eval": [{"step": r["step"], "accuracy": r[ACC], "tool_call_rate": r.get(TOOLS, 0.0)} for r in evals],
-        "train_reward": [r["reward/mean"] for r in train],
-        "train_tool_call_rate": [r["tools/traj_with_call_frac"] for r in train],
-        "injected_frac": [r.get("gcpo/injected_frac", 0.0) for r in train],
-    }
+    rows, ep, g = rows_of(run_dir), cfg.train.epochs, cfg.rollout.group_size
+    train = {r["step"]: r for r in rows if "sampling/train_seqs" in r}
+    passes = lambda s: x0 + ep * sum(r["sampling/train_seqs"] for k, r in train.items() if k <= s)  # noqa: E731
+    arm["curve"] += [
+        point(r, passes(r["step"]), "rl") for r in rows if ACC in r and not (x0 and r["step"] == 0)
+    ]
+    b = arm["budget"]
+    b["rl_updates"] = len(train)
+    b["trained_seq_passes"] += passes(max(train, default=0)) - x0
+    b["generated_tokens"] += sum(
+        r.get("response/policy_tokens_mean", 0.0) * r["sampling/rounds"] * cfg.train.prompts_per_step * g
+        for r in train.values()
+    )
+    b["goldens_injected"] = sum(r.get("gcpo/injected", 0.0) for r in train.values())
+    b["clip_frac_mean"] = sum(r.get("loss/clip_frac", 0.0) for r in train.values()) / max(1, len(train))
+    b["curve_eval_s"] += sum(r.get("eval/time/wall_s", 0.0) for r in rows if ACC in r)
+    arm["run_dirs"].append(str(run_dir))
+    return run_dir / "checkpoints" / "final"
 
 
-def plot(results: list[dict], path: Path) -> None:
+def run_sft(cfg, arm: dict) -> Path:
+    from agentic_gcpo.train.sft import SFTRun
+
+    sft = SFTRun(cfg)
+    ckpt = sft.run()
+    rows, bs = rows_of(sft.run_dir), cfg.sft.batch_size
+    n = int(next((r["sft/goldens"] for r in rows if "sft/goldens" in r), 0))
+    sizes = [min(bs, n - k) for k in range(0, n, bs)] * cfg.sft.epochs  # sequences per SFT step
+    passes = lambda s: float(sum(sizes[:s]))  # noqa: E731
+    arm["curve"] += [point(r, passes(r["step"]), "sft") for r in rows if ACC in r]
+    b = arm["budget"]
+    b["sft_steps"], b["sft_goldens"] = sft.steps_done, n
+    b["sft_trained_policy_tokens"] = sum(r.get("sft/tokens", 0.0) for r in rows)
+    b["trained_seq_passes"] += passes(sft.steps_done)
+    b["curve_eval_s"] += sum(r.get("eval/time/wall_s", 0.0) for r in rows if ACC in r)
+    arm["run_dirs"].append(str(sft.run_dir))
+    return Path(ckpt)
+
+
+def train_arm(name: str, args: argparse.Namespace, arm: dict) -> Path:
+    kind = ARMS[name][0]
+    base = config(args, name, [])
+    total = base.train.steps * base.train.prompts_per_step * base.rollout.group_size * base.train.epochs
+    arm["budget"]["planned_seq_passes"] = total
+    if kind == "rl":
+        return run_rl(base, arm)
+    share = args.sft_share if kind == "sft+rl" else 1.0
+    limit = max(1, math.ceil(share * total / args.sft_epochs))
+    sft_cfg = config(args, name, [f"sft.limit={limit}", f"sft.epochs={args.sft_epochs}", *SFT_OVERRIDES])
+    ckpt = run_sft(sft_cfg, arm)
+    if kind == "sft":
+        return ckpt
+    steps = max(1, round((1 - share) * base.train.steps))
+    rl_cfg = config(args, name, [f"model.path={ckpt}", f"train.steps={steps}", "run.name=sft-gcpo-rl"])
+    return run_rl(rl_cfg, arm, x0=arm["budget"]["trained_seq_passes"])
+
+
+def final_eval(model: str, args: argparse.Namespace, problems: dict) -> dict:
+    from agentic_gcpo.evaluate import evaluate
+    from agentic_gcpo.rollout.agent_loop import LoopLimits
+
+    cfg, out = config(args, "gcpo", []), {}
+    r = cfg.rollout
+    limits = LoopLimits(r.max_turns, r.max_new_tokens_per_turn, r.max_total_tokens, 0.0, 1.0, r.tool_threads)
+    for name, probs in problems.items():
+        if isinstance(probs, str):  # the set could not be loaded
+            out[name] = {"error": probs}
+            continue
+        t0 = time.time()
+        res = evaluate(
+            model,
+            probs,
+            k=1,
+            tools=cfg.tools.names,
+            limits=limits,
+            tool_modules=cfg.tools.modules,
+            sandbox_cfg=cfg.sandbox,
+            dtype=cfg.engine.dtype,
+            max_batch_size=cfg.engine.max_batch_size,
+            call_format=cfg.prompt.call_format,
+            system=cfg.prompt.system,
+            fewshot=0,
+            seed=args.seed,
+            progress=sys.stderr.isatty(),
+        )
+        c, n = sum(p.c for p in res.problems), len(res.problems)
+        lo, hi = wilson(c, n)
+        tools = res.metrics.get("tools/traj_with_call_frac", 0.0)
+        out[name] = dict(
+            n=n, correct=c, accuracy=c / n, ci95=[lo, hi], wall_s=time.time() - t0, tool_call_rate=tools
+        )
+        print(
+            f"  final {name}: {' | '.join(cells(out[name]))} tool calls | {out[name]['wall_s']:.0f}s",
+            flush=True,
+        )
+    return out
+
+
+def pc(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def checks(arms: dict) -> list[dict]:
+    """The issue's bar, each met / not met (None: not measured) with its numbers."""
+
+    def f(a: str | None, s: str) -> dict:
+        return (arms.get(a) or {}).get("final", {}).get(s, {}) if a else {}
+
+    def acc(a: str | None, s: str) -> float | None:
+        return f(a, s).get("accuracy")
+
+    out = []
+
+    def add(name: str, met: bool | None, detail: str) -> None:
+        out.append({"check": name, "met": met, "detail": detail})
+
+    g, r = acc("gcpo", "arith"), acc("grpo", "arith")
+    add("arith test: GCPO >= 60 %", None if g is None else g >= 0.6 - EPS, f"gcpo {pc(g)}")
+    gap = None if None in (g, r) else g - r
+    add(
+        "arith test: GCPO >= GRPO + 30 points",
+        None if gap is None else gap >= 0.3 - EPS,
+        f"gcpo {pc(g)}, grpo {pc(r)}, difference {pc(gap)}",
+    )
+    recipes = [a for a in ("gcpo", "sft+gcpo") if acc(a, "gsm8k") is not None]
+    best = max(recipes, key=lambda a: acc(a, "gsm8k"), default=None)
+    b, s, u = acc(best, "gsm8k"), acc("sft", "gsm8k"), acc("untouched", "gsm8k")
+    add(
+        "GSM8K test: best GCPO recipe >= SFT-only",
+        None if None in (b, s) else b >= s,
+        f"{best} {pc(b)}, sft {pc(s)}",
+    )
+    blo, uhi = f(best, "gsm8k").get("ci95", [None])[0], f("untouched", "gsm8k").get("ci95", [0, None])[1]
+    add(
+        "GSM8K test: best GCPO recipe above the untouched model, 95 % intervals not overlapping",
+        None if None in (blo, uhi) else blo > uhi,
+        f"{best} {pc(b)} (lower bound {pc(blo)}), untouched {pc(u)} (upper bound {pc(uhi)})",
+    )
+    for s in ("arith", "gsm8k"):
+        t = f("gcpo", s).get("tool_call_rate")
+        add(
+            f"{s}: tool calls in >= 90 % of GCPO's final trajectories",
+            None if t is None else t >= 0.9 - EPS,
+            f"gcpo {pc(t)}",
+        )
+    return out
+
+
+def cells(e: dict) -> list[str]:
+    if "n" not in e:
+        return ["-", "-"]
+    lo, hi = e["ci95"]
+    acc = f"{e['correct']}/{e['n']} = {100 * e['accuracy']:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return [acc, f"{100 * e['tool_call_rate']:.0f} %"]
+
+
+def num(b: dict, key: str) -> str:
+    return f"{b[key]:.0f}" if key in b else "-"
+
+
+def table(res: dict) -> str:
+    sets = res["args"]["eval_sets"].split(",")
+    head = (
+        "| arm | seq passes | generated tokens | train wall | "
+        + " | ".join(f"{s} acc. [95 % CI] | {s} tool calls" for s in sets)
+        + " | curve acc. start → end |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, a in res["arms"].items():
+        b = a["budget"]
+        final = [x for s in sets for x in cells(a.get("final", {}).get(s, {}))]
+        c = a.get("curve", [])
+        curve = f"{c[0]['accuracy']:.3f} → {c[-1]['accuracy']:.3f}" if c else "-"
+        wall = num(b, "train_wall_s") + (" s" if "train_wall_s" in b else "")
+        err = f" (error: {a['error']})" if a.get("error") else ""
+        lines.append(
+            f"| {name}{err} | {num(b, 'trained_seq_passes')} | {num(b, 'generated_tokens')} | {wall} | "
+            + " | ".join(final)
+            + f" | {curve} |"
+        )
+    lines.append("")
+    for ch in res["checks"]:
+        mark = {True: "met", False: "**not met**", None: "not measured"}[ch["met"]]
+        lines.append(f"- {ch['check']}: {mark} ({ch['detail']})")
+    dirty = " (with uncommitted changes)" if res["dirty"] else ""
+    lines += [f"\n`{res['command']}`, commit {res['commit'][:10]}{dirty}", f"budget: {res['budget_rule']}"]
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
     try:
         import matplotlib
 
@@ -73,76 +331,138 @@ def plot(results: list[dict], path: Path) -> None:
     except ImportError:
         print("matplotlib not installed: no plot (pip install matplotlib)")
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]  # curves that coincide stay visible
-    for k, r in enumerate(results):
-        marker, line = styles[k % len(styles)]
-        steps = [e["step"] for e in r["eval"]]
-        kw = {"marker": marker, "linestyle": line, "label": r["algorithm"], "alpha": 0.85}
-        axes[0].plot(steps, [e["accuracy"] for e in r["eval"]], **kw)
-        axes[1].plot(steps, [e["tool_call_rate"] for e in r["eval"]], **kw)
-    top = max([e["accuracy"] for r in results for e in r["eval"]] + [0.0])
-    # A fixed floor of 20 %: one problem in 32 must not look like a large swing.
-    axes[0].set(title="held-out accuracy (greedy pass@1)", xlabel="updates", ylim=(0, max(0.2, 1.2 * top)))
-    axes[1].set(title="held-out trajectories with a tool call", xlabel="updates", ylim=(0, 1.05))
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend()
+    fig, ax = plt.subplots(1, 3, figsize=(17, 4.5))
+    marks = "osD^vP*X"
+    for k, (name, a) in enumerate(res["arms"].items()):
+        c = a.get("curve", [])
+        if not c:
+            continue
+        kw = dict(
+            marker=marks[k % len(marks)], linestyle=["-", "--", ":", "-."][k % 4], label=name, alpha=0.85
+        )
+        ax[0].plot([p["x"] for p in c], [p["accuracy"] for p in c], **kw)
+        ax[1].plot([p["x"] for p in c], [p["tool_call_rate"] for p in c], **kw)
+    ev = res["args"]["eval_limit"]
+    ax[0].set(
+        title=f"arith_test accuracy, first {ev} (greedy)", xlabel="sequence passes trained", ylim=(0, 1.02)
+    )
+    ax[1].set(
+        title="held-out trajectories with a tool call", xlabel="sequence passes trained", ylim=(0, 1.02)
+    )
+    sets, names = res["args"]["eval_sets"].split(","), list(res["arms"])
+    w = 0.8 / max(1, len(sets))
+    for j, s in enumerate(sets):
+        xs, ys, err = [], [], [[], []]
+        for i, name in enumerate(names):
+            e = res["arms"][name].get("final", {}).get(s, {})
+            if "n" in e:
+                xs.append(i + (j - (len(sets) - 1) / 2) * w)
+                ys.append(e["accuracy"])
+                err[0].append(e["accuracy"] - e["ci95"][0])
+                err[1].append(e["ci95"][1] - e["accuracy"])
+        ax[2].bar(xs, ys, w, yerr=err, capsize=3, label=s)
+    ax[2].set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax[2].set(title=f"final greedy pass@1 (95 % Wilson), first {res['args']['final_limit']}", ylim=(0, 1.02))
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def replot(results_json: Path) -> None:
-    """Redraw <dir>/learning.png from a results.json (python -c 'import bench.learning as b; ...')."""
-    plot(json.loads(results_json.read_text())["results"], results_json.with_suffix(".png"))
+def git(*cmd: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True).stdout.strip()
+
+
+def save(res: dict, out: Path) -> None:
+    res["checks"] = checks(res["arms"])
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(res, indent=2))
+    os.replace(tmp, out / "results.json")
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--algos", default="gcpo,grpo,gpg")
-    p.add_argument("--model", default="embedded")
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--prompts-per-step", type=int, default=4)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
+    p.add_argument("--model", default="embedded", help="embedded, tiny or a model directory")
+    p.add_argument("--train-set", default="arith", choices=sorted(TRAIN_SETS))
+    p.add_argument("--eval-sets", default="arith,gsm8k", help="final evaluation sets: arith, gsm8k")
+    p.add_argument("--steps", type=int, default=12, help="RL updates per arm (the budget)")
+    p.add_argument(
+        "--ablation-steps", type=int, default=None, help="steps of the ratio pair (default --steps)"
+    )
+    p.add_argument("--prompts-per-step", type=int, default=3)
     p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4)  # the embedded config's lr
-    p.add_argument("--eval-every", type=int, default=4)
-    p.add_argument("--eval-limit", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=1, help="train.epochs of the RL arms (ratio pair: >= 2)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--sft-epochs", type=int, default=2)
+    p.add_argument("--sft-share", type=float, default=0.5, help="budget share of sft+gcpo's SFT stage")
+    p.add_argument("--eval-every", type=int, default=4, help="periodic (curve) eval every N updates")
+    p.add_argument("--eval-limit", type=int, default=32, help="problems of the periodic eval")
+    p.add_argument("--final-limit", type=int, default=300, help="problems per final eval set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--out", type=Path, default=REPO / "bench" / "out" / time.strftime("learning-%Y%m%d-%H%M%S")
     )
     p.add_argument("override", nargs="*", help="extra dotted config overrides for every run")
     args = p.parse_args()
+    names = [a.strip() for a in args.arms.split(",") if a.strip()]
+    sets = [s.strip() for s in args.eval_sets.split(",") if s.strip()]
+    bad = [a for a in names if a not in ARMS] + [s for s in sets if s not in EVAL_SETS]
+    if bad or not 0 < args.sft_share < 1:
+        p.error(f"unknown arm/eval set {bad} (or --sft-share not in (0, 1))")
     args.out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True
-    ).stdout
-    commit = (commit or "unknown") + ("+dirty" if dirty.strip() else "")
-    results = [run_one(a.strip(), args, args.out) for a in args.algos.split(",") if a.strip()]
-    (args.out / "results.json").write_text(
-        json.dumps(
-            {"commit": commit, "args": {k: str(v) for k, v in vars(args).items()}, "results": results},
-            indent=2,
-        )
-    )
-    plot(results, args.out / "learning.png")
-    print(f"\n{'algorithm':<10} {'start acc':>9} {'final acc':>9} {'final tool rate':>15} {'wall':>8}")
-    for r in results:
-        first, last = r["eval"][0], r["eval"][-1]
-        print(
-            f"{r['algorithm']:<10} {first['accuracy']:>9.3f} {last['accuracy']:>9.3f} {last['tool_call_rate']:>15.3f} {r['wall_s']:>7.0f}s"
-        )
-    by = {r["algorithm"]: r["eval"][-1] for r in results}
-    if "gcpo" in by:
-        for other in ("grpo", "gpg"):
-            if other in by:
-                diff = 100 * (by["gcpo"]["accuracy"] - by[other]["accuracy"])
-                print(f"gcpo - {other}: {diff:+.1f} accuracy points (target for gcpo - grpo: >= +10)")
-    print(f"results: {args.out / 'results.json'}  plot: {args.out / 'learning.png'}")
-    return 0
+    from agentic_gcpo.data import load_problems
+    from agentic_gcpo.train.trainer import resolve_data_path
+
+    problems: dict = {}
+    for s in sets:
+        try:
+            problems[s] = load_problems(resolve_data_path(EVAL_SETS[s]), args.final_limit, "gsm8k")
+        except Exception as e:  # noqa: BLE001 - reported per set, the rest still runs
+            problems[s] = f"{type(e).__name__}: {e}"
+    res = {
+        "command": "python bench/learning.py " + shlex.join(sys.argv[1:]),
+        "commit": git("rev-parse", "HEAD") or "unknown",
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "args": {k: str(v) for k, v in vars(args).items()} | {"eval_sets": ",".join(sets)},
+        "budget_rule": f"trained sequence passes = steps x prompts x G x epochs; sft: same passes of goldens "
+        f"({args.sft_epochs} epochs); sft+gcpo: {args.sft_share:.0%} SFT passes + {1 - args.sft_share:.0%} of the RL steps",
+        "eval_sets": {s: EVAL_SETS[s] for s in sets},
+        "arms": {},
+        "interrupted": False,
+    }
+    try:
+        for name in ["untouched", *names]:
+            print(f"\n=== {name} ===", flush=True)
+            trained = name != "untouched"
+            b = dict(trained_seq_passes=0.0, generated_tokens=0.0, curve_eval_s=0.0) if trained else {}
+            arm = res["arms"][name] = dict(kind=ARMS.get(name, ("none",))[0], curve=[], run_dirs=[], budget=b)
+            try:
+                t0 = time.time()
+                model = str(train_arm(name, args, arm)) if trained else args.model
+                if trained:  # wall_s: training + periodic evals; train_wall_s: without those evals
+                    b["wall_s"] = time.time() - t0
+                    b["train_wall_s"] = b["wall_s"] - b["curve_eval_s"]
+                arm["final"] = final_eval(model, args, problems)
+            except Exception as e:  # noqa: BLE001 - an arm that fails is reported; the others run
+                traceback.print_exc()
+                arm["error"] = f"{type(e).__name__}: {e}"
+            save(res, args.out)
+    except KeyboardInterrupt:
+        res["interrupted"] = True
+        for arm in res["arms"].values():  # the arm that was running when Ctrl-C came
+            if "final" not in arm and "error" not in arm:
+                arm["error"] = "interrupted (Ctrl-C)"
+        print("\ninterrupted: writing what is done so far", flush=True)
+    save(res, args.out)
+    plot(res, args.out / "learning.png")
+    print("\n" + table(res))
+    print(f"\nresults: {args.out / 'results.json'}  plot: {args.out / 'learning.png'}")
+    return 130 if res["interrupted"] else 0
 
 
 if __name__ == "__main__":

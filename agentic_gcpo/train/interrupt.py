@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def close_all(parts: list[tuple[str, Callable[[], Any]]]) -> None:
+    """Call each closer in order, each even if an earlier one failed (logged, not raised): a run's
+    sandbox, engine and logger must all be released. KeyboardInterrupt is not caught."""
+    for what, fn in parts:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - the rest must still be closed
+            log.exception("closing the %s failed", what)
+
+
+def kill_sandbox_now(sandbox: Any) -> None:
+    """Last resort (a second Ctrl-C during cleanup): kill the sandbox's workers without waiting."""
+    kill = getattr(sandbox, "kill_now", None)
+    if kill is not None:
+        kill()
+
 
 # What `interrupt_report` calls each phase of a step (the Timer names in `step` and `sample`).
 PHASES = {

@@ -36,6 +36,7 @@ from agentic_gcpo.config import Config, SFTConfig, save_config
 from agentic_gcpo.data import Problem, load_problems
 from agentic_gcpo.ledger import Trajectory
 from agentic_gcpo.metrics import MetricsLogger, atomic_write_text
+from agentic_gcpo.train.interrupt import close_all, kill_sandbox_now
 from agentic_gcpo.train.policy import interruptible_backward, pack, token_logprobs
 
 log = logging.getLogger(__name__)
@@ -365,17 +366,10 @@ class SFTRun:
             parts.append(("engine", self.engine.close))
         code = 130 if self.interrupted else int(interrupted)
         parts.append(("metrics logger", lambda: self.logger.close(code)))
-        for what, fn in parts:
-            try:
-                fn()
-            except Exception:  # noqa: BLE001 - the rest must still be closed; KeyboardInterrupt is not caught
-                log.exception("closing the %s failed", what)
+        close_all(parts)
 
     def kill_now(self) -> None:
-        """Last resort (a second Ctrl-C during cleanup): kill the sandbox's workers without waiting."""
-        kill = getattr(self.sandbox, "kill_now", None)
-        if kill is not None:
-            kill()
+        kill_sandbox_now(self.sandbox)
 
     def interrupt_report(self) -> str:
         where = {

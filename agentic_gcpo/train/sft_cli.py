@@ -24,17 +24,9 @@ def continue_command(config: str | None, overrides: list[str], checkpoint: str, 
 
 
 def _sft(args: argparse.Namespace) -> int:
-    from agentic_gcpo.cli import _interrupted_exit, _SigintGuard  # cli imports this module first
+    from agentic_gcpo.cli import run_guarded  # cli imports this module first
 
-    with _SigintGuard() as guard:
-        try:
-            return _run(args, guard)
-        except KeyboardInterrupt:
-            if guard.trainer is None:
-                print("interrupted (Ctrl-C) during setup, before any SFT step.", file=sys.stderr)
-            else:
-                print(guard.trainer.interrupt_report(), file=sys.stderr, flush=True)
-            return _interrupted_exit(guard)
+    return run_guarded(_run, args, "before any SFT step.")
 
 
 def _run(args: argparse.Namespace, guard: object) -> int:

@@ -33,7 +33,7 @@ from agentic_gcpo.rollout.golden_teacher import teacher_from_config
 from agentic_gcpo.sandbox import make_sandbox
 from agentic_gcpo.tool_registry import get_tools
 from agentic_gcpo.train.checkpoint import make_run_dir, remove_partial_saves, save_checkpoint
-from agentic_gcpo.train.interrupt import interrupt_report
+from agentic_gcpo.train.interrupt import close_all, interrupt_report, kill_sandbox_now
 from agentic_gcpo.train.policy import interruptible_backward
 from agentic_gcpo.train.reward import resolve_buffer, score
 from agentic_gcpo.train.update import policy_update, slots_per_update
@@ -361,12 +361,10 @@ class Trainer:
                     res.metrics.update(ev)
                 if cfg.train.samples_per_step:
                     self.phase = "logging"
-                    self.logger.samples(
-                        step + 1,
-                        res.trajectories[: cfg.train.samples_per_step]
-                        + [t for t in res.trajectories if t.is_golden][:1],
-                        self.tok,
-                    )
+                    shown = res.trajectories[: cfg.train.samples_per_step]
+                    golden = [t for t in res.trajectories if t.is_golden][:1]  # always one, if any
+                    shown += [t for t in golden if not any(t is s for s in shown)]
+                    self.logger.samples(step + 1, shown, self.tok)
                 if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
                     self.phase = "checkpoint"
                     self.save(f"step-{step + 1}")
@@ -420,17 +418,10 @@ class Trainer:
             parts.append(("teacher", lambda: self.golden.teacher.close(wait=not interrupted)))
         code = 130 if self.interrupted else int(interrupted)  # the exit code W&B records
         parts += [("engine", self.engine.close), ("metrics logger", lambda: self.logger.close(code))]
-        for what, fn in parts:
-            try:
-                fn()
-            except Exception:  # noqa: BLE001 - the rest must still be closed; KeyboardInterrupt is not caught
-                log.exception("closing the %s failed", what)
+        close_all(parts)
 
     def kill_now(self) -> None:
-        """Last resort (a second Ctrl-C during cleanup): kill the sandbox's workers without waiting."""
-        kill = getattr(self.sandbox, "kill_now", None)
-        if kill is not None:
-            kill()
+        kill_sandbox_now(self.sandbox)
 
     def interrupt_report(self) -> str:
         """What an interrupted run did, where its files are and how to continue (the CLI prints it)."""
