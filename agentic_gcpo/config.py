@@ -192,6 +192,13 @@ class TrainConfig(_Section):
     micro_batch_size: int = Field(
         8, ge=1, description="Sequences per forward/backward (gradient accumulation)."
     )
+    micro_batch_tokens: int = Field(
+        4096,
+        ge=0,
+        description="Cap on a micro-batch's padded tokens (sequences x longest length); 0: no cap. "
+        "Activations grow with tokens, not sequences: with 8 sequences of up to 1,024 tokens per "
+        "micro-batch, the embedded default in float32 reached 24 GB and was killed (out of memory).",
+    )
     share_prefix: bool = Field(
         True,
         description="Forward each problem's prompt once per optimizer step and let its group's "

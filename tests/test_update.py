@@ -16,7 +16,7 @@ from agentic_gcpo.train import update as update_mod
 from agentic_gcpo.train.policy import SharedPrefixes, batch_logprobs, pack
 from agentic_gcpo.train.reward import score
 from agentic_gcpo.train.trainer import Trainer
-from agentic_gcpo.train.update import _plan, group_mini_batches, lr_factor
+from agentic_gcpo.train.update import _micro_batches, _plan, group_mini_batches, lr_factor
 
 BASE = [
     "model.path=tiny",
@@ -64,6 +64,18 @@ def test_denominators_are_per_mini_batch_and_count_zero_advantage_members() -> N
     assert second.micro == [[4], [3]]  # only active members are forwarded, shortest first
     whole = _plan(trajs, adv, TrainConfig(micro_batch_size=8))
     assert len(whole) == 1 and (whole[0].num_seqs, whole[0].num_tokens) == (5, 18.0)
+
+
+def test_micro_batches_respect_the_sequence_and_token_caps() -> None:
+    lengths = [100, 100, 200, 300, 300, 900, 2000]  # sorted, as _plan hands them over
+    idx = list(range(10, 17))
+    tc = TrainConfig(micro_batch_size=3, micro_batch_tokens=900)
+    # 3 x 200 = 600 fits; 2 x 300 = 600 fits but a third would not; 900 and 2000 go alone
+    assert _micro_batches(lengths, idx, tc) == [[10, 11, 12], [13, 14], [15], [16]]
+    no_cap = TrainConfig(micro_batch_size=3, micro_batch_tokens=0)
+    assert _micro_batches(lengths, idx, no_cap) == [[10, 11, 12], [13, 14, 15], [16]]
+    b = _plan([_traj(0, n - 3) for n in lengths], torch.ones(7), tc)[0]
+    assert [len(m) for m in b.micro] == [3, 2, 1, 1] and b.num_seqs == 7  # denominators unchanged
 
 
 def test_lr_schedule_warmup_constant_and_cosine() -> None:

@@ -12,6 +12,9 @@ the same micro-batches and precision as the training passes (so a mini-batch's f
 ratio 1 up to float noise), stored per trajectory. A golden member goes through the same pass: its
 old log-probs are the pre-update policy's teacher-forced ones, not those of whoever wrote it.
 
+Micro-batches hold at most `train.micro_batch_size` sequences and `train.micro_batch_tokens` padded
+tokens (sorted by length first), so memory follows the batch's tokens, not its longest trajectory.
+
 Loss denominators (token-mean's token count, the seq-means' sequence count) are those of the
 optimizer step's mini-batch. Sequences with advantage exactly 0 contribute neither loss nor gradient
 under every registered algorithm, so they are not forwarded, but they still count in the denominators.
@@ -100,15 +103,30 @@ def _plan(trajs: list[Trajectory], adv: torch.Tensor, tc: TrainConfig) -> list[_
     for mini in group_mini_batches(trajs, tc.mini_batches):
         active = [i for i in mini if adv[i].item() != 0.0 and trajs[i].num_policy_tokens > 0]
         active.sort(key=lambda i: len(trajs[i].token_ids))  # less padding per micro-batch
-        mb = tc.micro_batch_size
         plan.append(
             _MiniBatch(
-                micro=[active[k : k + mb] for k in range(0, len(active), mb)],
+                micro=_micro_batches([len(trajs[i].token_ids) for i in active], active, tc),
                 num_seqs=len(mini),
                 num_tokens=float(sum(trajs[i].num_policy_tokens for i in mini)),
             )
         )
     return plan
+
+
+def _micro_batches(lengths: list[int], idx: list[int], tc: TrainConfig) -> list[list[int]]:
+    """`idx` (sorted by `lengths`, ascending) cut into runs of at most micro_batch_size sequences
+    whose padded size (count x longest) stays within micro_batch_tokens; a longer sequence alone."""
+    out: list[list[int]] = []
+    for n, i in zip(lengths, idx):
+        cur = out[-1] if out else None
+        fits = cur is not None and len(cur) < tc.micro_batch_size
+        if fits and tc.micro_batch_tokens and (len(cur) + 1) * n > tc.micro_batch_tokens:
+            fits = False
+        if fits:
+            cur.append(i)
+        else:
+            out.append([i])
+    return out
 
 
 def _stack_old(old: dict[int, torch.Tensor], idx: list[int], like: torch.Tensor) -> torch.Tensor:
