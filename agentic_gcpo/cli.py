@@ -107,23 +107,29 @@ def _train(args: argparse.Namespace) -> int:
     return run_guarded(_run_training, args, "before any update: nothing to resume.")
 
 
-def _run_training(args: argparse.Namespace, guard: _SigintGuard) -> int:
-    from agentic_gcpo.data import DataError
+def start_run(args: argparse.Namespace, guard: _SigintGuard, make: Callable[[Any], Any]) -> Any | None:
+    """Load the config and build the run with `make` (Trainer, SFTRun), registered with `guard`.
+    A bad config, dataset, model or tool name is printed as one error line and gives None (the
+    caller exits 2); DataError, ToolLoadError and SFTError are ValueErrors."""
     from agentic_gcpo.models import ModelLoadError
-    from agentic_gcpo.train.trainer import Trainer
 
     try:
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
+        run = make(cfg)
+    except (ConfigError, ModelLoadError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return None
+    guard.trainer = run
+    print(f"run directory: {run.run_dir}", flush=True)
+    return run
+
+
+def _run_training(args: argparse.Namespace, guard: _SigintGuard) -> int:
+    from agentic_gcpo.train.trainer import Trainer
+
+    trainer = start_run(args, guard, Trainer)
+    if trainer is None:
         return 2
-    try:
-        trainer = Trainer(cfg)
-    except (ModelLoadError, DataError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    guard.trainer = trainer
-    print(f"run directory: {trainer.run_dir}", flush=True)
     run_dir = trainer.train()
     print(
         f"done. metrics: {run_dir / 'metrics.jsonl'}  samples: {run_dir / 'samples.jsonl'}  "

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from agentic_gcpo.config import Config, SFTConfig, save_config
-from agentic_gcpo.data import Problem, load_problems
+from agentic_gcpo.data import Problem
 from agentic_gcpo.ledger import Trajectory
 from agentic_gcpo.metrics import MetricsLogger, atomic_write_text
 from agentic_gcpo.train.interrupt import close_all, kill_sandbox_now
@@ -182,38 +182,21 @@ class SFTRun:
     def __init__(
         self, cfg: Config, run_dir: Path | None = None, model: Any = None, tokenizer: Any = None
     ) -> None:
-        from agentic_gcpo.models import load_named
         from agentic_gcpo.precision import resolve as resolve_precision
         from agentic_gcpo.rollout.chat import ChatFormat
         from agentic_gcpo.sandbox import make_sandbox
-        from agentic_gcpo.tool_registry import get_tools
         from agentic_gcpo.train.checkpoint import make_run_dir
-        from agentic_gcpo.train.trainer import resolve_data_path
+        from agentic_gcpo.train.trainer import config_tools, load_policy, load_split
 
         self.cfg = cfg
         torch.manual_seed(cfg.run.seed)
-        problems = load_problems(
-            resolve_data_path(cfg.data.path), cfg.data.limit, cfg.data.format, cfg.data.fields
-        )
+        problems = load_split(cfg.data)
         self.problems = problems[: cfg.sft.limit] if cfg.sft.limit else problems
-        e = cfg.eval
-        self.eval_problems = (
-            load_problems(resolve_data_path(e.path), e.limit, e.format, e.fields)
-            if cfg.sft.eval and e.path
-            else []
-        )
-        if model is None:
-            model, tokenizer = load_named(cfg.model.path)
+        self.eval_problems = load_split(cfg.eval) if cfg.sft.eval and cfg.eval.path else []
+        model, tokenizer = load_policy(cfg, model, tokenizer)
         self.model, self.tok = model, tokenizer
-        if cfg.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.tools = get_tools(
-            cfg.tools.names,
-            cfg.tools.modules,
-            timeout_s=cfg.tools.timeout_s,
-            max_output_chars=cfg.tools.max_output_chars,
-        )
+        self.tools = config_tools(cfg)
         self.run_dir = run_dir or make_run_dir(cfg)
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")

@@ -30,24 +30,13 @@ def _sft(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, guard: object) -> int:
-    from agentic_gcpo.config import ConfigError, load_config
-    from agentic_gcpo.data import DataError
-    from agentic_gcpo.models import ModelLoadError
-    from agentic_gcpo.tool_registry import ToolLoadError
+    from agentic_gcpo.cli import start_run
     from agentic_gcpo.train.sft import SFTError, SFTRun
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    run = start_run(args, guard, SFTRun)  # type: ignore[arg-type]
+    if run is None:
         return 2
-    try:
-        run = SFTRun(cfg)
-    except (ModelLoadError, DataError, ToolLoadError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    guard.trainer = run  # type: ignore[attr-defined]
-    print(f"run directory: {run.run_dir}", flush=True)
+    cfg = run.cfg
     try:
         ckpt = run.run()
     except SFTError as e:

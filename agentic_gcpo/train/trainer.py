@@ -52,6 +52,26 @@ def resolve_data_path(path: str) -> Path:
     return repo / p if (repo / p).exists() else p
 
 
+def load_split(section: Any) -> list[Problem]:
+    """The problems a data-like config section (`data`, `eval`) names."""
+    return load_problems(resolve_data_path(section.path), section.limit, section.format, section.fields)
+
+
+def load_policy(cfg: Config, model: Any = None, tokenizer: Any = None) -> tuple[Any, Any]:
+    """The model and tokenizer a run trains (`model.path` unless given), ready for training."""
+    if model is None:
+        model, tokenizer = load_named(cfg.model.path)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model, tokenizer
+
+
+def config_tools(cfg: Config) -> dict[str, Any]:
+    """The tools `tools.*` names, with its limits."""
+    t = cfg.tools
+    return get_tools(t.names, t.modules, timeout_s=t.timeout_s, max_output_chars=t.max_output_chars)
+
+
 def pick_member(group: list[Trajectory], rule: str) -> int:
     if rule == "first":
         return 0
@@ -84,25 +104,11 @@ class Trainer:
         self.run_dir = run_dir or make_run_dir(cfg)
         save_config(cfg, self.run_dir / "config.yaml")
         self.algo = get_algorithm(cfg.algorithm.name)
-        self.problems = load_problems(
-            resolve_data_path(cfg.data.path), cfg.data.limit, cfg.data.format, cfg.data.fields
-        )
-        self.eval_problems = (
-            load_problems(resolve_data_path(cfg.eval.path), cfg.eval.limit, cfg.eval.format, cfg.eval.fields)
-            if cfg.eval.path and cfg.eval.every
-            else []
-        )
-        if model is None:
-            model, tokenizer = load_named(cfg.model.path)
+        self.problems = load_split(cfg.data)
+        self.eval_problems = load_split(cfg.eval) if cfg.eval.path and cfg.eval.every else []
+        model, tokenizer = load_policy(cfg, model, tokenizer)
         self.model, self.tok = model, tokenizer
-        if cfg.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        self.tools = get_tools(
-            cfg.tools.names,
-            cfg.tools.modules,
-            timeout_s=cfg.tools.timeout_s,
-            max_output_chars=cfg.tools.max_output_chars,
-        )
+        self.tools = config_tools(cfg)
         self.sandbox = make_sandbox(cfg.sandbox)
         self.chat = ChatFormat(
             tokenizer, self.tools, cfg.prompt.call_format, cfg.prompt.system, cfg.prompt.fewshot
