@@ -103,6 +103,12 @@ class Timer:
 class MetricsLogger:
     """metrics.jsonl always; TensorBoard and W&B when asked for (and installed)."""
 
+    @classmethod
+    def for_run(cls, run_dir: Path, cfg: Any) -> MetricsLogger:
+        """The logger a run's `log.*` config asks for, with the whole config recorded."""
+        log = cfg.log
+        return cls(run_dir, log.tensorboard, log.wandb, log.wandb_project, cfg.model_dump(mode="json"))
+
     def __init__(
         self,
         run_dir: Path,

@@ -207,13 +207,7 @@ class SFTRun:
         )
         self.engine: Any = None
         self.teacher: Any = None
-        self.logger = MetricsLogger(
-            self.run_dir,
-            cfg.log.tensorboard,
-            cfg.log.wandb,
-            cfg.log.wandb_project,
-            cfg.model_dump(mode="json"),
-        )
+        self.logger = MetricsLogger.for_run(self.run_dir, cfg)
 
     def _golden_source(self) -> Any:
         from agentic_gcpo.rollout.golden import GoldenSource

@@ -165,13 +165,7 @@ class Trainer:
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
         self.lr_slot = 0  # position in the learning-rate schedule, in optimizer-step slots
-        self.logger = MetricsLogger(
-            self.run_dir,
-            cfg.log.tensorboard,
-            cfg.log.wandb,
-            cfg.log.wandb_project,
-            cfg.model_dump(mode="json"),
-        )
+        self.logger = MetricsLogger.for_run(self.run_dir, cfg)
         self.batches = batches(self.problems, cfg.train.prompts_per_step, cfg.run.seed, cfg.data.shuffle)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._next_gid = 0  # group ids stay unique across steps and sampling rounds
