@@ -53,6 +53,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -405,6 +406,11 @@ def main() -> int:
     p.add_argument("--final-limit", type=int, default=300, help="problems per final eval set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--skip-untouched",
+        action="store_true",
+        help="do not evaluate the untouched model again (when adding arms to an earlier table)",
+    )
+    p.add_argument(
         "--out", type=Path, default=REPO / "bench" / "out" / time.strftime("learning-%Y%m%d-%H%M%S")
     )
     p.add_argument("override", nargs="*", help="extra dotted config overrides for every run")
@@ -435,8 +441,10 @@ def main() -> int:
         "arms": {},
         "interrupted": False,
     }
+    # SIGTERM (a timeout, a scheduler) ends the bench like Ctrl-C: finished arms are written.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        for name in ["untouched", *names]:
+        for name in ([] if args.skip_untouched else ["untouched"]) + names:
             print(f"\n=== {name} ===", flush=True)
             trained = name != "untouched"
             b = dict(trained_seq_passes=0.0, generated_tokens=0.0, curve_eval_s=0.0) if trained else {}
