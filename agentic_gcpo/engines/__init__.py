@@ -12,6 +12,8 @@ BACKENDS = ("hf",)
 
 
 def make_engine(backend: str, model: Any, tokenizer: Any, **kwargs: Any) -> Engine:
+    """The engine `backend` names, sampling from `model` (the trainer's module for in-process
+    engines; remote engines receive its weights at `update_weights`)."""
     if backend == "hf":
         from agentic_gcpo.engines.hf import HFEngine
 

@@ -8,7 +8,7 @@ decode themselves for stop-string checks; what they return is always the sampled
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,39 @@ class Completion:
 
 
 class Engine(ABC):
-    """Generates completions for token-id prompts; receives new policy weights after each step."""
+    """Generates completions for token-id prompts; receives new policy weights after each step.
+
+    Two ways in. `generate` is the batch call: a list of prompts in, their completions out. The
+    agent loop uses `submit` / `poll` instead, so each trajectory advances on its own: a turn is
+    submitted the moment the trajectory's tool results are back, and comes back from `poll` the
+    moment it is finished, while other turns are still decoding. The default below serves those
+    with one `generate` call over everything submitted (turn-synchronous); engines that batch
+    continuously (hf) or talk to servers (vllm, sglang) override both.
+    """
+
+    def __init__(self) -> None:
+        self._queued: list[tuple[Hashable, list[int], SamplingParams]] = []
+
+    def submit(self, key: Hashable, prompt: list[int], params: SamplingParams) -> None:
+        """Queue one request; its completion comes back from `poll` under `key` (unique while queued)."""
+        if not hasattr(self, "_queued"):  # subclasses that do not call Engine.__init__
+            self._queued = []
+        self._queued.append((key, prompt, params))
+
+    def poll(self, wait_s: float = 0.05) -> list[tuple[Hashable, Completion]]:
+        """Advance generation and return the requests that finished since the last poll (maybe none).
+
+        Engines that compute in-process do one unit of work (a decode step); engines that wait on
+        servers block at most `wait_s` for a result. Never blocks when nothing is outstanding."""
+        queued, self._queued = getattr(self, "_queued", []), []
+        if not queued:
+            return []
+        done = self.generate([p for _, p, _ in queued], [sp for _, _, sp in queued])
+        return [(k, c) for (k, _, _), c in zip(queued, done)]
+
+    def outstanding(self) -> int:
+        """Requests submitted and not yet returned by `poll`."""
+        return len(getattr(self, "_queued", []))
 
     @abstractmethod
     def generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Completion]:
