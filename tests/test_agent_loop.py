@@ -7,6 +7,8 @@ never writes one. The last test runs the real HF engine end to end.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from agentic_gcpo.data import Problem
@@ -157,3 +159,75 @@ def test_real_engine_end_to_end(tiny, sandbox, python_tools):
         )
     params = SamplingParams(4)
     assert params.max_new_tokens == 4
+
+
+class StepEngine(Engine):
+    """A continuously batching `Engine` that emits a scripted turn one token per `poll`, so a test
+    controls how long each turn takes. Scripts are chosen by a phrase of the problem; the turn
+    index is the number of assistant turns already in the prompt. Logs submits and completions
+    with the poll count at which they happened."""
+
+    continuous = True
+
+    def __init__(self, tok, scripts: dict[str, list[str]], eos: int):
+        super().__init__()
+        self.tok, self.scripts, self.eos = tok, scripts, eos
+        self.active: dict = {}  # key -> (ids to emit, emitted so far)
+        self.polls = 0
+        self.log: list[tuple[str, str, int, int]] = []  # (event, phrase, turn, poll)
+
+    def submit(self, key, prompt, params):
+        text = self.tok.decode(prompt)
+        phrase = next(k for k in self.scripts if k in text)
+        turn = text.count("<|im_start|>assistant") - 1
+        script = self.scripts[phrase][turn]
+        ids = self.tok(script, add_special_tokens=False).input_ids
+        ids = ids + ([self.eos] if "boxed" in script else [])
+        self.active[key] = (ids, 0, phrase, turn)
+        self.log.append(("submit", phrase, turn, self.polls))
+
+    def outstanding(self):
+        return len(self.active)
+
+    def poll(self, wait_s=0.05):
+        time.sleep(0.03)  # a decode step's time: 80 tokens take ~2.4 s, a sandboxed print far less
+        self.polls += 1
+        done = []
+        for key, (ids, n, phrase, turn) in list(self.active.items()):
+            if n + 1 < len(ids):
+                self.active[key] = (ids, n + 1, phrase, turn)
+                continue
+            del self.active[key]
+            self.log.append(("done", phrase, turn, self.polls))
+            done.append((key, Completion(ids, [-1.0] * len(ids), "stop", self.eos)))
+        return done
+
+    def generate(self, prompts, params):  # the batch call, through the same steps
+        for i, (p, sp) in enumerate(zip(prompts, params)):
+            self.submit(("gen", i), p, sp)
+        done = {}
+        while self.active:
+            done.update(self.poll())
+        return [done[("gen", i)] for i in range(len(prompts))]
+
+    def update_weights(self, state_dict=None):
+        pass
+
+
+def test_a_trajectory_takes_its_next_turn_while_another_is_still_decoding(tiny, sandbox, python_tools):
+    """With a continuously batching engine, the fast trajectory's tool result comes back and its
+    second turn is submitted while the slow trajectory's (80-token) first turn is still decoding."""
+    model, tok = tiny
+    chat = ChatFormat(tok, python_tools, "auto")
+    scripts = {
+        "apples": ["```python\nprint(6*7)\n```\n", "So \\boxed{42}."],
+        "pears": ["word " * 80 + "\\boxed{1}"],
+    }
+    eng = StepEngine(tok, scripts, chat.eos_ids[0])
+    loop = AgentLoop(eng, chat, python_tools, sandbox, LoopLimits(4, 256, 2048))
+    fast, slow = loop.run([Problem("a", "How many apples?", "42"), Problem("b", "How many pears?", "1")], 1)
+    loop.close()
+    assert fast.num_turns == 2 and fast.tool_calls[0].observation == "42" and slow.num_turns == 1
+    when = {(ev, phrase, turn): poll for ev, phrase, turn, poll in eng.log}
+    assert when[("submit", "apples", 1)] < when[("done", "pears", 0)]
+    assert when[("done", "apples", 1)] < when[("done", "pears", 0)]

@@ -235,3 +235,95 @@ def test_batched_sampler_draws_from_the_tempered_distribution():
     freq = torch.bincount(torch.tensor(toks), minlength=4).float() / 4000
     assert torch.allclose(freq, want, atol=0.02), (freq, want)
     assert all(abs(lp - float(want[t].log())) < 1e-5 for t, lp in zip(toks[:50], lps[:50]))
+
+
+# --- continuous batching: requests that arrive mid-decode join the running batch ----------------
+def _drain(eng, done):
+    while eng.outstanding():
+        done.update(eng.poll())
+
+
+def test_request_submitted_mid_decode_joins_the_batch_and_samples_as_if_alone(tiny):
+    """B arrives while A is 5 tokens in; both come out exactly as when each runs alone, and B was
+    decoded in the same batch as A (not after it). Both length orders: B's prompt longer than A's
+    running length (A's rows get padded) and shorter (B's rows get padded)."""
+    _, tok = tiny
+    a = _ids(_prompt(tok, "Count from one to twenty, slowly."))
+    for b in (_ids(_prompt(tok, "x " * 60)), _ids(_prompt(tok, "ok"))):
+        pa, pb = SamplingParams(16, seed=3), SamplingParams(9, temperature=0.7, seed=4)
+        eng = _engine(tiny)
+        alone_a = eng.generate([a], [pa])[0]
+        alone_b = eng.generate([b], [pb])[0]
+        eng = _engine(tiny)
+        eng.admit_every = 1
+        eng.submit("a", a, pa)
+        done = {}
+        for _ in range(5):
+            done.update(eng.poll())
+        eng.submit("b", b, pb)
+        done.update(eng.poll())
+        assert len(eng._run.rows) == 2, "B should have joined the running batch"
+        _drain(eng, done)
+        for got, want in ((done["a"], alone_a), (done["b"], alone_b)):
+            assert got.token_ids == want.token_ids and got.finish_reason == want.finish_reason
+            assert torch.allclose(torch.tensor(got.logprobs), torch.tensor(want.logprobs), atol=1e-5)
+
+
+def test_continued_conversation_joins_mid_decode_and_reuses_its_prefix(tiny):
+    """A finished turn's KV is kept; its continuation, submitted while another row decodes,
+    prefills only the new tokens and matches a from-scratch prefill."""
+    _, tok = tiny
+    p = _ids(_prompt(tok, "Tell me a story."))
+    eng = _engine(tiny)
+    eng.admit_every = 1
+    first = eng.generate([p], [SamplingParams(6, temperature=0)])[0]
+    cont = p + first.token_ids + _ids(tok("\nmore please", add_special_tokens=False))
+    eng.submit("long", _ids(_prompt(tok, "Another, unrelated and long request.")), SamplingParams(20, seed=1))
+    done = dict(eng.poll())
+    reused = eng.cache.reused_tokens
+    eng.submit("cont", cont, SamplingParams(8, temperature=0))
+    _drain(eng, done)
+    assert eng.cache.reused_tokens - reused == len(p) + len(first.token_ids) - 1
+    fresh = _engine(tiny).generate([cont], [SamplingParams(8, temperature=0)])[0]
+    assert done["cont"].token_ids == fresh.token_ids
+    assert torch.allclose(torch.tensor(done["cont"].logprobs), torch.tensor(fresh.logprobs), atol=1e-5)
+
+
+def test_more_requests_than_batch_slots_are_admitted_as_rows_finish(tiny):
+    _, tok = tiny
+    eng = _engine(tiny)  # max_batch_size=4
+    prompts = [_ids(_prompt(tok, f"question number {i}")) for i in range(7)]
+    params = [SamplingParams(3 + i, seed=i) for i in range(7)]
+    outs = eng.generate(prompts, params)
+    assert [len(o.token_ids) for o in outs] == [3 + i for i in range(7)]
+    alone = [_engine(tiny).generate([p], [sp])[0].token_ids for p, sp in zip(prompts, params)]
+    assert [o.token_ids for o in outs] == alone
+    assert eng.outstanding() == 0
+
+
+def test_generate_keeps_completions_of_requests_submitted_before_it(tiny):
+    _, tok = tiny
+    eng = _engine(tiny)
+    eng.submit("early", _ids(_prompt(tok, "early bird")), SamplingParams(12, seed=0))
+    out = eng.generate([_ids(_prompt(tok, "now"))], [SamplingParams(4, seed=1)])
+    assert len(out[0].token_ids) == 4
+    done = {}
+    _drain(eng, done)
+    assert len(done["early"].token_ids) == 12
+
+
+def test_an_interrupted_poll_leaves_no_request_behind(tiny):
+    _, tok = tiny
+    eng = _engine(tiny)
+
+    def boom(_tok):
+        raise KeyboardInterrupt
+
+    eng.submit("x", _ids(_prompt(tok, "hi")), SamplingParams(5, seed=0, on_token=boom))
+    eng.submit("y", _ids(_prompt(tok, "there")), SamplingParams(5, seed=0))
+    try:
+        eng.poll()
+    except KeyboardInterrupt:
+        pass
+    assert eng.outstanding() == 0 and eng.poll() == []
+    assert len(eng.generate([_ids(_prompt(tok, "again"))], [SamplingParams(3, seed=0)])[0].token_ids) == 3

@@ -45,6 +45,10 @@ class Engine(ABC):
     continuously (hf) or talk to servers (vllm, sglang) override both.
     """
 
+    # True when a request submitted mid-decode joins the running batch. The agent loop then sends
+    # each turn as soon as it is ready; otherwise it gathers a turn's requests and sends them together.
+    continuous = False
+
     def __init__(self) -> None:
         self._queued: list[tuple[Hashable, list[int], SamplingParams]] = []
 
@@ -68,6 +72,10 @@ class Engine(ABC):
     def outstanding(self) -> int:
         """Requests submitted and not yet returned by `poll`."""
         return len(getattr(self, "_queued", []))
+
+    def cancel_all(self) -> None:
+        """Forget every outstanding request (an interrupted rollout must not leak into the next)."""
+        self._queued = []
 
     @abstractmethod
     def generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Completion]:

@@ -3,8 +3,12 @@
 Why not `model.generate`: we need, per row, the exact sampled ids, the sampler's logprob of each,
 stop strings checked on the row's own new text, and rows that finish early dropped from the batch
 (a long tail of one rambling rollout should not keep 31 finished rows decoding pad tokens). The
-loop below does exactly that, and three things that make multi-turn rollouts cheap on a CPU:
+loop below does exactly that, and four things that make multi-turn rollouts cheap on a CPU:
 
+- Continuous batching: requests come in through `submit` and leave through `poll` one decode
+  step at a time. A conversation's next turn (its tool result just came back) joins the running
+  batch instead of waiting for every other row's turn to end, so the batch stays large and no
+  turn waits on the slowest row of another.
 - The G rollouts of a problem share one prefill (identical prompts are prefilled once).
 - A finished row's KV cache is kept (`PrefixCache`); the next turn of that conversation, which
   arrives as prompt + sampled ids + tool-turn ids, prefills only the new tokens.
@@ -23,18 +27,59 @@ import copy
 import inspect
 import logging
 import random
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from agentic_gcpo.engines.base import Completion, Engine, SamplingParams
-from agentic_gcpo.engines.kv_cache import CacheEntry, PrefixCache, growing_cache
+from agentic_gcpo.engines.kv_cache import CacheEntry, PrefixCache, growing_cache, merge_caches, trim_left
 from agentic_gcpo.precision import resolve
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class _Row:
+    """One request: its prompt, sampler state and what it has sampled so far."""
+
+    key: Hashable
+    prompt: list[int]
+    params: SamplingParams
+    rng: random.Random  # seeded per request: a row's tokens do not depend on its batch company
+    toks: list[int] = field(default_factory=list)
+    lps: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Batch:
+    """The rows decoding together, left padded to one KV length n."""
+
+    rows: list[_Row]
+    past: Any  # DynamicCache of GrowingLayers, per layer [B, H, n, D]
+    attn: torch.Tensor  # [B, n] 1 where the row has a real token
+    next_pos: torch.Tensor  # [B] position id of each row's next token
+    logits: torch.Tensor  # [B, V] fp32, each row's next-token distribution (not yet sampled)
+
+    @staticmethod
+    def merge(a: _Batch, b: _Batch, room: int) -> _Batch:
+        past, pad_a, pad_b = merge_caches(a.past, b.past, room)
+        n = a.attn.shape[1] + pad_a
+        attn = a.attn.new_zeros((len(a.rows) + len(b.rows), n))
+        attn[: len(a.rows), pad_a:], attn[len(a.rows) :, pad_b:] = a.attn, b.attn
+        return _Batch(
+            a.rows + b.rows,
+            past,
+            attn,
+            torch.cat([a.next_pos, b.next_pos]),
+            torch.cat([a.logits, b.logits]),
+        )
+
+
 class HFEngine(Engine):
+    continuous = True  # a turn submitted mid-decode joins the running batch (see `poll`)
+
     def __init__(
         self,
         model: Any,
@@ -42,7 +87,9 @@ class HFEngine(Engine):
         dtype: str = "auto",
         max_batch_size: int = 32,
         prefix_cache_mb: int = 2048,
+        admit_every: int = 8,
     ) -> None:
+        super().__init__()
         self.model = model  # the trainer's module (fp32 master weights when training)
         self.tokenizer = tokenizer
         device = next(model.parameters()).device
@@ -54,6 +101,16 @@ class HFEngine(Engine):
         self.cache = PrefixCache(prefix_cache_mb * 2**20)
         params = inspect.signature(self.sampler.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # Continuous batching state: requests not yet admitted, the batch being decoded,
+        # completions that `generate` collected on behalf of someone else's `poll`.
+        self._waiting: list[_Row] = []
+        self._run: _Batch | None = None
+        self._ready: list[tuple[Hashable, Completion]] = []
+        self._since_admit = 0  # decode steps since the last admission
+        self._calls = 0
+        # Admitting copies the running batch's KV cache into a wider buffer, so requests that
+        # arrive mid-decode wait up to this many steps and are admitted together.
+        self.admit_every = admit_every
 
     @staticmethod
     def _sampling_module(model: Any, dtype: torch.dtype) -> Any:
@@ -79,26 +136,136 @@ class HFEngine(Engine):
     def close(self) -> None:
         self.cache.clear()
 
+    # --- requests in, completions out ------------------------------------------------------------
+    def submit(self, key: Hashable, prompt: list[int], params: SamplingParams) -> None:
+        if not prompt:
+            raise ValueError(f"request {key!r} has an empty prompt; an engine needs at least one token")
+        seed = params.seed if params.seed is not None else random.getrandbits(31)
+        self._waiting.append(_Row(key, list(prompt), params, random.Random(seed)))
+
+    def outstanding(self) -> int:
+        return len(self._waiting) + len(self._ready) + (len(self._run.rows) if self._run else 0)
+
+    def cancel_all(self) -> None:
+        """Forget every submitted request (an interrupted rollout must not leak into the next one)."""
+        self._waiting.clear()
+        self._ready.clear()
+        self._run = None
+
+    def poll(self, wait_s: float = 0.05) -> list[tuple[Hashable, Completion]]:
+        """One decode step of the running batch, after admitting waiting requests when due."""
+        done, self._ready = self._ready, []
+        if not self._waiting and self._run is None:
+            return done
+        was_training = self.sampler.training
+        self.sampler.eval()
+        try:  # the trainer may share this module: give it back in its mode even if generation fails
+            with torch.no_grad():
+                due = self._run is None or self._since_admit >= self.admit_every
+                if self._waiting and due and len(self._run.rows if self._run else ()) < self.max_batch_size:
+                    self._admit()
+                return done + self._decode_step()
+        except BaseException:  # Ctrl-C mid-step leaves the batch half-updated: drop it whole
+            self.cancel_all()
+            raise
+        finally:
+            self.sampler.train(was_training)
+
     def generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Completion]:
         if len(prompts) != len(params):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
         for i, p in enumerate(prompts):
             if not p:
                 raise ValueError(f"prompt {i} is empty; an engine needs at least one token")
-        # Similar lengths together waste less padding; results go back in input order.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        self._calls += 1
+        tag = ("generate", self._calls)
+        # Similar lengths admitted together waste less padding; results go back in input order.
+        for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):
+            self.submit((tag, i), prompts[i], params[i])
         out: list[Completion | None] = [None] * len(prompts)
-        was_training = self.sampler.training
-        self.sampler.eval()
-        try:  # the trainer may share this module: give it back in its mode even if generation fails
-            for k in range(0, len(order), self.max_batch_size):
-                chunk = order[k : k + self.max_batch_size]
-                batch = self._generate_batch([prompts[i] for i in chunk], [params[i] for i in chunk])
-                for i, c in zip(chunk, batch):
-                    out[i] = c
-        finally:
-            self.sampler.train(was_training)
+        left, others = len(prompts), []
+        while left:
+            for key, c in self.poll():
+                if isinstance(key, tuple) and len(key) == 2 and key[0] == tag:
+                    out[key[1]], left = c, left - 1
+                else:  # a request someone submitted before this call: theirs at their next poll
+                    others.append((key, c))
+        self._ready += others
         return out  # type: ignore[return-value]
+
+    def _admit(self) -> None:
+        """Prefill waiting requests (up to the free batch slots) and add them to the running batch."""
+        device = next(self.sampler.parameters()).device
+        running = self._run.rows if self._run else []
+        free = self.max_batch_size - len(running)
+        take, self._waiting = self._waiting[:free], self._waiting[free:]
+        # The G rollouts of a problem start from the same prompt: prefill each distinct prompt once
+        # and copy its KV cache, which saves (G-1)/G of the prefill on the first turn.
+        uniq: dict[tuple[int, ...], int] = {}
+        row_src = [uniq.setdefault(tuple(r.prompt), len(uniq)) for r in take]  # row -> distinct prompt
+        # room: the longest budget still to decode, so the buffer rarely reallocates
+        room = max(r.params.max_new_tokens - len(r.toks) for r in running + take)
+        past, logits, attn, next_pos = self._prefill([list(k) for k in uniq], device, room)
+        if len(uniq) < len(take):
+            expand = torch.tensor(row_src, device=device)
+            past.batch_select_indices(expand)
+            logits, attn, next_pos = logits[expand], attn[expand], next_pos[expand]  # [B, ...]
+        new = _Batch(take, past, attn, next_pos, logits)
+        self._run = new if self._run is None else _Batch.merge(self._run, new, room)
+        self._since_admit = 0
+
+    def _decode_step(self) -> list[tuple[Hashable, Completion]]:
+        """Sample one token for every running row; retire finished rows; feed the others' tokens."""
+        run = self._run
+        assert run is not None
+        device = run.logits.device
+        new_tok, new_lp = sample_batch(run.logits, [r.params for r in run.rows], [r.rng for r in run.rows])
+        finished: list[tuple[Hashable, Completion]] = []
+        keep: list[int] = []
+        for i, row in enumerate(run.rows):
+            p, tok = row.params, new_tok[i]
+            row.toks.append(tok)
+            row.lps.append(new_lp[i])
+            if p.on_token is not None:
+                p.on_token(tok)
+            fin = None
+            if tok in p.stop_token_ids:
+                fin = Completion(row.toks, row.lps, "stop", tok)
+            elif p.stop:
+                tail = self.tokenizer.decode(row.toks[-max(len(s) for s in p.stop) :])
+                hit = next((s for s in p.stop if s in tail), None)
+                if hit is not None:
+                    fin = Completion(row.toks, row.lps, "stop", hit)
+            if fin is None and len(row.toks) >= p.max_new_tokens:
+                fin = Completion(row.toks, row.lps, "length", None)
+            if fin is not None:
+                finished.append((row.key, fin))
+                # the cache holds every token fed so far: the prompt and all sampled but the last
+                self._keep(run.past, i, run.attn[i], row.prompt + row.toks[:-1])
+            else:
+                keep.append(i)
+        if not keep:
+            self._run = None
+            return finished
+        step_tok = torch.tensor(new_tok, dtype=torch.long, device=device)
+        if len(keep) < len(run.rows):  # drop finished rows from every tensor and the KV cache
+            idx = torch.tensor(keep, device=device)
+            run.attn, run.next_pos, step_tok = run.attn[idx], run.next_pos[idx], step_tok[idx]
+            # Columns that only finished rows used (left padding of all that remain) are cut first,
+            # as views, so the row selection below copies less.
+            lead = int(run.attn.any(0).int().argmax())
+            if lead:
+                trim_left(run.past, lead)
+                run.attn = run.attn[:, lead:]
+            run.past.batch_select_indices(idx)
+            run.rows = [run.rows[i] for i in keep]
+        run.attn = torch.cat([run.attn, torch.ones((len(keep), 1), dtype=run.attn.dtype, device=device)], 1)
+        run.past, run.logits = self._forward(
+            step_tok.view(-1, 1), run.attn, run.next_pos.view(-1, 1), run.past
+        )
+        run.next_pos = run.next_pos + 1
+        self._since_admit += 1
+        return finished
 
     def _prefill(
         self, distinct: list[list[int]], device: torch.device, room: int
@@ -166,65 +333,6 @@ class HFEngine(Engine):
             logger.warning(
                 "prefix cache: %d cached positions for %d ids; not kept", kv[0][0].shape[1], len(ids)
             )
-
-    @torch.no_grad()
-    def _generate_batch(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Completion]:
-        device = next(self.sampler.parameters()).device
-        B = len(prompts)
-        # The G rollouts of a problem start from the same prompt: prefill each distinct prompt once
-        # and copy its KV cache, which saves (G-1)/G of the prefill on the first turn.
-        uniq: dict[tuple[int, ...], int] = {}
-        row_src = [uniq.setdefault(tuple(p), len(uniq)) for p in prompts]  # row -> distinct prompt
-        room = max(p.max_new_tokens for p in params)  # the cache never reallocates during this turn
-        past, logits, attn, next_pos = self._prefill([list(k) for k in uniq], device, room)
-        if len(uniq) < B:
-            expand = torch.tensor(row_src, device=device)
-            past.batch_select_indices(expand)
-            logits, attn, next_pos = logits[expand], attn[expand], next_pos[expand]  # [B, ...]
-
-        rngs = [random.Random(p.seed if p.seed is not None else random.getrandbits(31)) for p in params]
-        max_stop_chars = max([len(s) for p in params for s in p.stop] + [1])
-        toks: list[list[int]] = [[] for _ in range(B)]
-        lps: list[list[float]] = [[] for _ in range(B)]
-        done: list[Completion | None] = [None] * B
-        alive = list(range(B))  # original row index of each row still in the batch
-        while alive:
-            new_tok, new_lp = sample_batch(logits, [params[i] for i in alive], [rngs[i] for i in alive])
-            keep: list[int] = []
-            for r, i in enumerate(alive):
-                p, tok = params[i], new_tok[r]
-                toks[i].append(tok)
-                lps[i].append(new_lp[r])
-                if p.on_token is not None:
-                    p.on_token(tok)
-                fin = None
-                if tok in p.stop_token_ids:
-                    fin = Completion(toks[i], lps[i], "stop", tok)
-                elif p.stop:
-                    tail = self.tokenizer.decode(toks[i][-max_stop_chars:])
-                    hit = next((s for s in p.stop if s in tail), None)
-                    if hit is not None:
-                        fin = Completion(toks[i], lps[i], "stop", hit)
-                if fin is None and len(toks[i]) >= p.max_new_tokens:
-                    fin = Completion(toks[i], lps[i], "length", None)
-                if fin is not None:
-                    done[i] = fin
-                    # the cache holds every token fed so far: the prompt and all sampled but the last
-                    self._keep(past, r, attn[r], prompts[i] + toks[i][:-1])
-                else:
-                    keep.append(r)
-            if not keep:
-                break
-            step_tok = torch.tensor(new_tok, dtype=torch.long, device=device)
-            if len(keep) < len(alive):  # drop finished rows from every tensor and the KV cache
-                idx = torch.tensor(keep, device=device)
-                past.batch_select_indices(idx)
-                attn, next_pos, step_tok = attn[idx], next_pos[idx], step_tok[idx]
-                alive = [alive[r] for r in keep]
-            attn = torch.cat([attn, torch.ones((len(alive), 1), dtype=attn.dtype, device=device)], dim=1)
-            past, logits = self._forward(step_tok.view(-1, 1), attn, next_pos.view(-1, 1), past)
-            next_pos = next_pos + 1
-        return done  # type: ignore[return-value]
 
 
 def sample_batch(

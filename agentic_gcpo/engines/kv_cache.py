@@ -129,3 +129,45 @@ class PrefixCache:
     def clear(self) -> None:
         self._entries.clear()
         self.bytes = 0
+
+
+def merge_caches(a: DynamicCache, b: DynamicCache, room: int) -> tuple[DynamicCache, int, int]:
+    """Stack two batches' caches along the batch axis, each right-aligned (left padding), with
+    `room` free slots after the longer one. Returns (cache, left pad of a's rows, of b's rows).
+
+    This is how a continuous batch admits new rows: the running rows and the freshly prefilled
+    ones rarely have the same length, so the shorter side gets zero keys/values on its left, which
+    the caller's attention mask hides. Zeros, not empty memory: a masked position still multiplies
+    its value by a zero weight, and 0 * NaN from uninitialised memory would be NaN.
+    """
+    out = DynamicCache()
+    out.layer_class_to_replicate = None
+    out.layers = []
+    pad_a = pad_b = 0
+    for la, lb in zip(a.layers, b.layers):
+        ka, va, kb, vb = la.keys, la.values, lb.keys, lb.values  # [B?, H, n?, D]
+        na, nb = ka.shape[-2], kb.shape[-2]
+        n = max(na, nb)
+        pad_a, pad_b = n - na, n - nb
+        Ba, Bb = ka.shape[0], kb.shape[0]
+        k = ka.new_zeros((Ba + Bb, ka.shape[1], n + room, ka.shape[-1]))
+        v = va.new_zeros((Ba + Bb, va.shape[1], n + room, va.shape[-1]))
+        k[:Ba, :, pad_a:n], v[:Ba, :, pad_a:n] = ka, va
+        k[Ba:, :, pad_b:n], v[Ba:, :, pad_b:n] = kb, vb
+        layer = GrowingLayer(room)
+        layer.lazy_initialization(k[:, :, :n], v[:, :, :n])
+        layer._k, layer._v, layer._n = k, v, n
+        layer.keys, layer.values = k[:, :, :n], v[:, :, :n]
+        out.layers.append(layer)
+    return out, pad_a, pad_b
+
+
+def trim_left(cache: DynamicCache, cols: int) -> None:
+    """Drop the first `cols` positions of every row (padding that no remaining row attends to).
+    Views, not copies: the buffer's free room at the end stays usable."""
+    if cols <= 0:
+        return
+    for layer in cache.layers:
+        layer._k, layer._v = layer._k[:, :, cols:], layer._v[:, :, cols:]
+        layer._n -= cols
+        layer.keys, layer.values = layer._k[:, :, : layer._n], layer._v[:, :, : layer._n]

@@ -4,17 +4,21 @@
     GENERATING --(turn has no call)-----> DONE  finish_reason = stop | length
     any state --(limits)----------------> DONE  finish_reason = max_turns | budget
 
-All trajectories that are GENERATING go to the engine together (one batched call); tool calls of
-all trajectories run concurrently in a thread pool, each in its trajectory's sandbox session, so
-a slow tool call never holds up another trajectory's tool call. The loop never knows which engine
-it runs on; it only sees token ids and logprobs.
+Each trajectory advances on its own. Its turn goes to the engine (`Engine.submit`) the moment it
+is GENERATING; its tool calls start in a thread pool, in its own sandbox session, the moment the
+turn comes back (`Engine.poll`); its next turn is submitted the moment they return. On an engine
+that batches continuously (the in-process one, vLLM, SGLang servers) a trajectory therefore never
+waits for another's slow turn or slow tool call, and the engine's batch refills as tool results
+arrive. On an engine that does not, a round's requests are gathered and sent together. The loop
+never knows which engine it runs on; it only sees token ids and logprobs.
 """
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -49,6 +53,10 @@ class _Episode:
     session: str
     state: AgentState = AgentState.GENERATING
     pending: list[Any] | None = None  # parsed calls waiting for the TOOLS state
+    room: int = 0  # max_new_tokens of the turn in flight
+
+
+_RUNS = itertools.count()  # engine request keys are (run, episode): unique across loops and calls
 
 
 # An observer of a run, for interactive use (the REPL): on_event(kind, trajectory, payload) with
@@ -88,86 +96,99 @@ class AgentLoop:
                 t.append(prompt, Source.PROMPT)
                 episodes.append(_Episode(t, f"traj-{uuid.uuid4().hex[:12]}"))
         try:
-            turn = 0
-            while any(e.state is not AgentState.DONE for e in episodes):
-                self._generate([e for e in episodes if e.state is AgentState.GENERATING], seed, turn)
-                self._run_tools([e for e in episodes if e.state is AgentState.TOOLS])
-                turn += 1
+            self._drive(episodes, seed)
         finally:
             for e in episodes:
                 if self.sandbox is not None:
                     self.sandbox.close_session(e.session)
         return [e.traj for e in episodes]
 
+    def _drive(self, episodes: list[_Episode], seed: int) -> None:
+        """Advance every episode until all are DONE (see the module docstring)."""
+        run = next(_RUNS)
+        tools: dict[int, Future] = {}  # episode index -> its turn's tool calls, running
+        eng = self.engine
+        try:
+            for i, e in enumerate(episodes):
+                self._submit(run, i, e, seed)
+            while True:
+                for i in [i for i, f in tools.items() if f.done()]:
+                    self._tools_done(episodes[i], tools.pop(i).result())
+                    self._submit(run, i, episodes[i], seed)
+                if eng.outstanding() and (eng.continuous or not tools):
+                    for key, c in eng.poll():
+                        i = key[1]
+                        self._turn_done(episodes[i], c)
+                        if episodes[i].state is AgentState.TOOLS:
+                            tools[i] = self._pool.submit(self._call_all, episodes[i])
+                elif tools:  # nothing to decode until a tool result is back
+                    wait(tools.values(), return_when=FIRST_COMPLETED if eng.continuous else ALL_COMPLETED)
+                elif not eng.outstanding():
+                    return
+        except BaseException:  # Ctrl-C, an engine error: queued calls must not start; re-raised
+            for f in tools.values():
+                f.cancel()
+            eng.cancel_all()
+            raise
+
     # --- GENERATING --------------------------------------------------------------------------
-    def _generate(self, eps: list[_Episode], seed: int, turn: int) -> None:
-        lim = self.limits
-        ready = []
-        for e in eps:
-            room = lim.max_total_tokens - len(e.traj.token_ids)
-            if room <= 0:
-                self._finish(e, "budget")
-            else:
-                ready.append((e, min(lim.max_new_tokens_per_turn, room)))
-        if not ready:
+    def _submit(self, run: int, i: int, e: _Episode, seed: int) -> None:
+        """Send episode i's next turn to the engine, unless it is not GENERATING or out of budget."""
+        if e.state is not AgentState.GENERATING:
             return
-        params = [
-            SamplingParams(
-                max_new_tokens=n,
-                temperature=lim.temperature,
-                top_p=lim.top_p,
-                stop=list(self.chat.stop),
-                stop_token_ids=list(self.chat.eos_ids),
-                seed=hash((seed, e.traj.group_id, i, turn)) & 0x7FFFFFFF,
-                on_token=self._token_hook(e.traj) if self.on_event else None,
-            )
-            for i, (e, n) in enumerate(ready)
-        ]
-        completions = self.engine.generate([e.traj.token_ids for e, _ in ready], params)
-        for (e, room), c in zip(ready, completions):
-            e.traj.append(c.token_ids, Source.SAMPLED, c.logprobs)
-            text = self.chat.decode([t for t in c.token_ids if t not in self.chat.eos_ids])
-            e.traj.turn_texts.append(text)
-            e.traj.final_text = text
-            if self.on_event:
-                self.on_event("turn", e.traj, c)
-            parsed = parse_turn(text, self.chat.call_format, self.chat.tool_names)
-            if parsed.ignored_calls:
-                e.traj.parse_errors.append("too_many_calls")
-            if c.finish_reason == "length":
-                # Cut off mid-turn: any call in it is unfinished (a closed one would have stopped
-                # generation), so running tools would only spend budget on an error message.
-                self._finish(e, "budget" if room < lim.max_new_tokens_per_turn else "length")
-            elif not parsed.has_calls:
-                self._finish(e, "stop")
-            elif e.traj.num_turns >= lim.max_turns:
-                self._finish(e, "max_turns")
-            else:
-                e.pending, e.state = parsed.calls, AgentState.TOOLS
+        lim = self.limits
+        room = lim.max_total_tokens - len(e.traj.token_ids)
+        if room <= 0:
+            self._finish(e, "budget")
+            return
+        e.room = min(lim.max_new_tokens_per_turn, room)
+        params = SamplingParams(
+            max_new_tokens=e.room,
+            temperature=lim.temperature,
+            top_p=lim.top_p,
+            stop=list(self.chat.stop),
+            stop_token_ids=list(self.chat.eos_ids),
+            # from the episode and turn alone, so the samples do not depend on arrival order
+            seed=hash((seed, e.traj.group_id, i, e.traj.num_turns)) & 0x7FFFFFFF,
+            on_token=self._token_hook(e.traj) if self.on_event else None,
+        )
+        self.engine.submit((run, i), e.traj.token_ids, params)
+
+    def _turn_done(self, e: _Episode, c: Any) -> None:
+        lim = self.limits
+        e.traj.append(c.token_ids, Source.SAMPLED, c.logprobs)
+        text = self.chat.decode([t for t in c.token_ids if t not in self.chat.eos_ids])
+        e.traj.turn_texts.append(text)
+        e.traj.final_text = text
+        if self.on_event:
+            self.on_event("turn", e.traj, c)
+        parsed = parse_turn(text, self.chat.call_format, self.chat.tool_names)
+        if parsed.ignored_calls:
+            e.traj.parse_errors.append("too_many_calls")
+        if c.finish_reason == "length":
+            # Cut off mid-turn: any call in it is unfinished (a closed one would have stopped
+            # generation), so running tools would only spend budget on an error message.
+            self._finish(e, "budget" if e.room < lim.max_new_tokens_per_turn else "length")
+        elif not parsed.has_calls:
+            self._finish(e, "stop")
+        elif e.traj.num_turns >= lim.max_turns:
+            self._finish(e, "max_turns")
+        else:
+            e.pending, e.state = parsed.calls, AgentState.TOOLS
 
     # --- TOOLS -------------------------------------------------------------------------------
-    def _run_tools(self, eps: list[_Episode]) -> None:
-        futures = {id(e): self._pool.submit(self._call_all, e) for e in eps}
-        try:
-            for e in eps:
-                futures[id(e)].result()
-        except BaseException:  # Ctrl-C while waiting: queued calls must not start; re-raised
-            for f in futures.values():
-                f.cancel()
-            raise
-        for e in eps:
-            records = futures[id(e)].result()
-            e.traj.tool_calls.extend(records)
-            if self.on_event:
-                self.on_event("tools", e.traj, records)
-            last = e.traj.token_ids[-1] if e.traj.token_ids else None
-            for ids, src in self.chat.tool_turn([r.observation for r in records], last).pieces:
-                e.traj.append(ids, src)
-            e.pending = None
-            if len(e.traj.token_ids) >= self.limits.max_total_tokens:
-                self._finish(e, "budget")
-            else:
-                e.state = AgentState.GENERATING
+    def _tools_done(self, e: _Episode, records: list[ToolCallRecord]) -> None:
+        e.traj.tool_calls.extend(records)
+        if self.on_event:
+            self.on_event("tools", e.traj, records)
+        last = e.traj.token_ids[-1] if e.traj.token_ids else None
+        for ids, src in self.chat.tool_turn([r.observation for r in records], last).pieces:
+            e.traj.append(ids, src)
+        e.pending = None
+        if len(e.traj.token_ids) >= self.limits.max_total_tokens:
+            self._finish(e, "budget")
+        else:
+            e.state = AgentState.GENERATING
 
     def _call_all(self, e: _Episode) -> list[ToolCallRecord]:
         """Calls of one turn run in order (they share the session); errors become observations."""
