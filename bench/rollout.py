@@ -8,6 +8,8 @@ Everything below runs in one process on the machine at hand, so the ratios compa
 1. `agent loop`: our AgentLoop over the HF engine with the python tool in the local sandbox,
    multi-turn (up to --max-turns), 3 worked tool-using examples in the prompt so the untrained
    model really writes code. Rate = sampled tokens / wall time, tool execution included.
+   Run twice with the same seeds: continuously batched (a turn whose tool result is back joins
+   the running decode batch) and turn-synchronous (each round of turns waits for its slowest row).
 2. `engine`: the same engine, one turn, no tools, same first-turn prompts (what the loop costs
    over the bare engine).
 3. `plain generate`: transformers' `model.generate` on the same prompts, sampling, same
@@ -41,6 +43,7 @@ from agentic_gcpo.rollout.agent_loop import AgentLoop, LoopLimits  # noqa: E402
 from agentic_gcpo.rollout.chat import ChatFormat  # noqa: E402
 from agentic_gcpo.sandbox import SandboxConfig, make_sandbox  # noqa: E402
 from agentic_gcpo.tool_registry import get_tools  # noqa: E402
+from agentic_gcpo.train.trainer import resolve_data_path  # noqa: E402
 
 
 def matmul_flops(dtype: torch.dtype, hidden: int, inner: int, rows: int = 512, seconds: float = 1.0) -> float:
@@ -95,6 +98,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=192, help="per turn")
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--fewshot", type=int, default=3)
+    ap.add_argument("--data", default="builtin:gsm8k_train_500", help="problems file or builtin:NAME")
+    ap.add_argument("--admit-every", type=int, default=8, help="engine: decode steps between admissions")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -105,18 +110,27 @@ def main() -> None:
     model.eval()
     tools = get_tools(["python"])
     chat = ChatFormat(tok, tools, "auto", None, args.fewshot)
-    problems = load_problems(REPO / "agentic_gcpo" / "assets" / "gsm8k_train_500.jsonl", args.problems)
+    problems = load_problems(resolve_data_path(args.data), args.problems)
     G, n_rows = args.group_size, args.problems * args.group_size
     prompts = [chat.prompt_ids(p.question) for p in problems for _ in range(G)]
     print(f"{args.problems} problems x G={G}; prompt tokens {len(prompts[0])}..{max(map(len, prompts))}")
 
     engine = make_engine("hf", model, tok, dtype=prec.dtype, max_batch_size=n_rows)
+    engine.admit_every = args.admit_every
     limits = LoopLimits(args.max_turns, args.max_new_tokens, 4096, args.temperature, 1.0, 8)
     sandbox = make_sandbox(SandboxConfig())
     loop = AgentLoop(engine, chat, tools, sandbox, limits)
     try:
         # warm-up: sandbox pool, oneDNN kernels, first-call allocations
         loop.run(problems[:1], 2, seed=123)
+        # The same loop, turn-synchronous (every turn waits for the round's slowest row and tool
+        # call before the next round starts): what continuous batching gains, measured here.
+        engine.update_weights(None)
+        engine.continuous = False
+        t0 = time.perf_counter()
+        sync_trajs = loop.run(problems, G, seed=0)
+        sync_s = time.perf_counter() - t0
+        engine.continuous = True
         engine.update_weights(None)
         t0 = time.perf_counter()
         trajs = loop.run(problems, G, seed=0)
@@ -127,6 +141,11 @@ def main() -> None:
     loop_tokens = sum(t.num_policy_tokens for t in trajs)
     calls = sum(len(t.tool_calls) for t in trajs)
     turns = sum(t.num_turns for t in trajs)
+    sync_tokens = sum(t.num_policy_tokens for t in sync_trajs)
+    print(
+        f"agent loop, turn-synchronous: {sync_tokens} sampled tokens in {sync_s:.1f} s = "
+        f"{sync_tokens / sync_s:.1f} tok/s; {sum(len(t.tool_calls) for t in sync_trajs)} tool calls"
+    )
     cache = engine.cache
     print(
         f"agent loop: {loop_tokens} sampled tokens in {loop_s:.1f} s = {loop_tokens / loop_s:.1f} tok/s; "
@@ -161,6 +180,8 @@ def main() -> None:
         "dtype_reason": prec.reason,
         "rows": n_rows,
         "agent_loop_tok_s": loop_tokens / loop_s,
+        "agent_loop_turn_sync_tok_s": sync_tokens / sync_s,
+        "admit_every": args.admit_every,
         "engine_tok_s": eng_tokens / eng_s,
         "plain_generate_tok_s": plain_tokens / plain_s,
         "tool_calls": calls,
@@ -171,9 +192,11 @@ def main() -> None:
     }
     res["loop_over_plain"] = res["agent_loop_tok_s"] / res["plain_generate_tok_s"]
     res["engine_over_plain"] = res["engine_tok_s"] / res["plain_generate_tok_s"]
+    res["turn_sync_over_plain"] = res["agent_loop_turn_sync_tok_s"] / res["plain_generate_tok_s"]
     res["loop_over_matmul_limit"] = achieved / peak
     print(
         f"\nagent loop / plain generate = {res['loop_over_plain']:.2f}   (target >= 0.9)\n"
+        f"turn-synchronous / plain    = {res['turn_sync_over_plain']:.2f}\n"
         f"engine / plain generate     = {res['engine_over_plain']:.2f}\n"
         f"agent loop / matmul limit   = {res['loop_over_matmul_limit']:.3f}  "
         f"({res['loop_gflops']:.1f} of {res['matmul_gflops']:.0f} GFLOP/s in {prec.dtype}; decode is "
