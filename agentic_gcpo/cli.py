@@ -104,6 +104,12 @@ def run_guarded(
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.allow_changes and not args.resume:
+        print("error: --allow-changes only applies to --resume RUN_DIR", file=sys.stderr)
+        return 2
+    if args.resume:
+        again = f"nothing was changed: run `agentic-gcpo train --resume {args.resume}` again."
+        return run_guarded(_run_training, args, again)
     return run_guarded(_run_training, args, "before any update: nothing to resume.")
 
 
@@ -125,9 +131,16 @@ def start_run(args: argparse.Namespace, guard: _SigintGuard, make: Callable[[Any
 
 
 def _run_training(args: argparse.Namespace, guard: _SigintGuard) -> int:
-    from agentic_gcpo.train.trainer import Trainer
+    if args.resume:  # train/resume.py: the run's own config and newest complete checkpoint
+        from agentic_gcpo.train.resume import start_resumed
 
-    trainer = start_run(args, guard, Trainer)
+        trainer = start_resumed(args, guard)
+        if isinstance(trainer, int):
+            return trainer
+    else:
+        from agentic_gcpo.train.trainer import Trainer
+
+        trainer = start_run(args, guard, Trainer)
     if trainer is None:
         return 2
     run_dir = trainer.train()
@@ -143,7 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="agentic-gcpo", description="Train and run tool-using math agents.")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a policy with the algorithm named in the config")
-    t.add_argument("--config", "-c", help="YAML file under configs/ (defaults when omitted)")
+    how = t.add_mutually_exclusive_group()
+    how.add_argument("--config", "-c", help="YAML file under configs/ (defaults when omitted)")
+    how.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a stopped run from its newest complete checkpoint, in its own directory with its "
+        "config.yaml; overrides may only raise train.steps or change checkpoint/log settings (docs/resume.md)",
+    )
+    t.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: accept overrides that change what the next steps compute",
+    )
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=3 rollout.group_size=4")
     t.set_defaults(fn=_train)
     add_tools_parser(sub)

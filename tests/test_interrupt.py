@@ -176,12 +176,14 @@ def _check_interrupted(run: Run, rc: int, took: float, procs: dict[int, tuple[in
     err = run.stderr
     assert rc == 130, err[-3000:]
     assert took < STOP_BOUND_S, f"took {took:.1f} s to stop"
-    assert "interrupted (Ctrl-C)" in err and "no --resume yet" in err, err[-3000:]
+    assert "interrupted (Ctrl-C)" in err, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     left = _wait_gone(procs)
     assert not left, f"still running after the trainer exited: {left} (recorded {procs})"
     run_dir = run.run_dir()
     assert f"agentic-gcpo train -c {run_dir / 'config.yaml'}" in err
+    # the resume command exactly when a complete checkpoint exists
+    assert (f"agentic-gcpo train --resume {run_dir}" in err) == ("last complete checkpoint:" in err), err
     ckpts = run_dir / "checkpoints"
     for d in ckpts.iterdir():  # complete checkpoints only, under their final names
         assert re.fullmatch(r"step-\d+|final", d.name), f"partial checkpoint left: {d}"
@@ -203,7 +205,8 @@ def _check_interrupted(run: Run, rc: int, took: float, procs: dict[int, tuple[in
 # ------------------------------------------------------------------------------------ tests
 def test_ctrl_c_mid_run_stops_cleans_up_and_the_run_can_be_continued(tmp_path):
     """Anywhere in a step (decode, tool wait, verify, update, checkpoint save): a checkpoint is
-    saved every step, so a save is often in flight. Then the printed command runs."""
+    saved every step, so a save is often in flight. Then the printed --resume command continues
+    the run in its directory (one more step here), and its metrics have each step once."""
     run = Run(_cli(f"run.output_dir={tmp_path / 'runs'}", "train.checkpoint_every=1"), tmp_path)
     run.wait_for(lambda: run.line(r"^step 1/500 "), "first step")
     procs = _descendants(run.proc.pid)
@@ -211,20 +214,24 @@ def test_ctrl_c_mid_run_stops_cleans_up_and_the_run_can_be_continued(tmp_path):
     rc, took = run.interrupt()
     run_dir = _check_interrupted(run, rc, took, procs)
     err = run.stderr
-    assert f"last complete checkpoint: {run_dir / 'checkpoints'}" in err
-    # The second printed command: the same resolved config from the checkpoint's weights.
-    cmd = next(x.strip() for x in err.splitlines() if "model.path=" in x).split()
-    assert cmd[:4] == ["agentic-gcpo", "train", "-c", str(run_dir / "config.yaml")]
-    more = ["train.steps=1", "train.checkpoint_every=0", "train.save_final=false"]
+    saved = re.search(r"last complete checkpoint: (\S+/step-(\d+))$", err, re.M)
+    assert saved and saved.group(1).startswith(str(run_dir / "checkpoints")), err[-3000:]
+    k = int(saved.group(2))
+    # The printed command, with train.steps lowered from 500 to one more step than the checkpoint.
+    cmd = next(x.strip() for x in err.splitlines() if "--resume" in x and x.strip().startswith("agentic"))
+    assert cmd.split() == ["agentic-gcpo", "train", "--resume", str(run_dir)]
+    more = [f"train.steps={k + 1}", "train.save_final=false"]
     again = subprocess.run(
-        [sys.executable, "-m", "agentic_gcpo.cli", *cmd[1:], *more, f"run.output_dir={tmp_path / 'again'}"],
+        [sys.executable, "-m", "agentic_gcpo.cli", *cmd.split()[1:], *more],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "step 1/1 " in again.stdout
+    assert f"at step {k} of {k + 1}" in again.stdout and f"step {k + 1}/{k + 1} " in again.stdout
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss/policy" in r] == list(range(1, k + 2))
 
 
 def _sleepers() -> dict[int, tuple[int, str]]:

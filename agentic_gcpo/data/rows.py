@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,16 +203,79 @@ def load_problems(
     return out
 
 
-def batches(
-    problems: list[Problem], batch_size: int, seed: int, shuffle: bool = True
-) -> Iterator[list[Problem]]:
-    """Endless stream of problem batches; a new seeded permutation each epoch."""
-    rng = random.Random(seed)
-    while True:
-        order = list(range(len(problems)))
-        if shuffle:
-            rng.shuffle(order)
-        for k in range(0, len(order) - batch_size + 1, batch_size):
-            yield [problems[i] for i in order[k : k + batch_size]]
-        if len(order) < batch_size:  # fewer problems than a batch: repeat them
-            yield [problems[order[i % len(order)]] for i in range(batch_size)]
+class ProblemStream:
+    """Endless stream of problem batches; a new seeded permutation each epoch.
+
+    Resumable: `state_dict()` is (epoch, batches taken in it) and `load_state_dict` rebuilds the
+    stream at exactly that point by replaying the epochs' seeded shuffles (cheap next to a step),
+    so a resumed run draws the same problems, in the same order, as an uninterrupted one."""
+
+    def __init__(self, problems: list[Problem], batch_size: int, seed: int, shuffle: bool = True) -> None:
+        if not problems:
+            raise DataError("no problems to draw batches from")
+        self.problems, self.batch_size, self.seed, self.shuffle = problems, batch_size, seed, shuffle
+        self._rng = random.Random(seed)
+        self.epoch, self.index = -1, 0  # index: batches taken from the current epoch's order
+        self._order: list[int] = []
+        self._next_epoch()
+
+    def _next_epoch(self) -> None:
+        order = list(range(len(self.problems)))
+        if self.shuffle:
+            self._rng.shuffle(order)
+        self._order, self.epoch, self.index = order, self.epoch + 1, 0
+
+    def _per_epoch(self) -> int:
+        return max(1, len(self._order) // self.batch_size)
+
+    def __iter__(self) -> ProblemStream:
+        return self
+
+    def __next__(self) -> list[Problem]:
+        if self.index >= self._per_epoch():
+            self._next_epoch()
+        k, order = self.index * self.batch_size, self._order
+        self.index += 1
+        if len(order) < self.batch_size:  # fewer problems than a batch: repeat them
+            return [self.problems[order[i % len(order)]] for i in range(self.batch_size)]
+        return [self.problems[i] for i in order[k : k + self.batch_size]]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream is, plus what it was built from (so a changed dataset is caught)."""
+        return {
+            "epoch": self.epoch,
+            "index": self.index,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "problem_ids": _ids_digest(self.problems),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where `state` was taken; DataError if the stream was built differently."""
+        mine = self.state_dict()
+        differ = [k for k in ("seed", "batch_size", "shuffle", "problem_ids") if state.get(k) != mine[k]]
+        if differ:
+            raise DataError(
+                f"the saved data position does not fit this dataset ({', '.join(differ)} differ): the "
+                "problems, their order or the batch size changed since the checkpoint was written"
+            )
+        self._rng = random.Random(self.seed)
+        self.epoch = -1
+        for _ in range(int(state["epoch"]) + 1):
+            self._next_epoch()
+        self.index = int(state["index"])
+
+
+def _ids_digest(problems: list[Problem]) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for p in problems:
+        h.update(p.id.encode() + b"\0" + p.question.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def batches(problems: list[Problem], batch_size: int, seed: int, shuffle: bool = True) -> ProblemStream:
+    """Endless stream of problem batches; a new seeded permutation each epoch (see ProblemStream)."""
+    return ProblemStream(problems, batch_size, seed, shuffle)

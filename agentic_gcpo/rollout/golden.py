@@ -20,7 +20,7 @@ import ast
 import re
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from agentic_gcpo.data import Problem
@@ -110,6 +110,23 @@ class GoldenSource:
         self.stats = GoldenStats()
         self._cache: dict[str, Trajectory | None] = {}
         self._lock = threading.Lock()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The built goldens (misses too), the counters and the teacher's state: what a resumed run
+        needs so that it neither rebuilds nor re-asks the teacher (whose seed follows its counters)."""
+        with self._lock:
+            return {
+                "cache": dict(self._cache),
+                "stats": asdict(self.stats),
+                "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            self._cache = dict(state["cache"])
+            self.stats = GoldenStats(**state["stats"])
+        if self.teacher is not None and state.get("teacher") is not None:
+            self.teacher.load_state_dict(state["teacher"])
 
     def prefetch(self, problems: list[Problem]) -> None:
         """Let the teacher solve, in one batched run, the problems a coming get() will need."""

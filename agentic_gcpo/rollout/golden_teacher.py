@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,16 @@ class TeacherGoldens:
             "turns": None if turns is None else [{"text": x, "calls": c} for x, c in turns],
         }
         append_lines(self._file, [json.dumps(row)])  # one write: a Ctrl-C leaves no torn row
+
+    def state_dict(self) -> dict[str, Any]:
+        """The in-memory cache and counters (the sampling seed of the next request follows them)."""
+        with self._lock:
+            return {"cache": dict(self._cache), "stats": asdict(self.stats)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            self._cache = dict(state["cache"])
+            self.stats = TeacherStats(**state["stats"])
 
     def solve(self, problems: list[Problem]) -> dict[str, list[Turn] | None]:
         """problem.id -> the kept teacher turns, or None when none of the k samples qualified."""

@@ -82,14 +82,14 @@ def interrupt_report(trainer: Any) -> str:
         )
         lines.append(f"no checkpoint was saved ({why}).")
     lines.append("sandbox workers, engine and metrics logger were closed; nothing half-written was left.")
-    lines.append("There is no --resume yet. To start a fresh run with the same resolved config:")
-    lines.append(f"  agentic-gcpo train -c {run / 'config.yaml'}")
     if trainer.last_checkpoint is not None:
         lines.append(
-            "or, to start it from the checkpoint's weights (optimizer state and data order start over):"
+            f"To continue from {trainer.last_checkpoint.name} (weights, optimizer, data position, RNGs; "
+            "later steps are redone, their log rows replaced):"
         )
-        lines.append(
-            f"  agentic-gcpo train -c {run / 'config.yaml'} model.path={trainer.last_checkpoint} "
-            f"train.steps={max(1, total - n)}"
-        )
+        lines.append(f"  agentic-gcpo train --resume {run}")
+        lines.append("or, to start a fresh run with the same resolved config:")
+    else:
+        lines.append("To start a fresh run with the same resolved config:")
+    lines.append(f"  agentic-gcpo train -c {run / 'config.yaml'}")
     return "\n".join(lines)

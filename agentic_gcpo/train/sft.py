@@ -189,6 +189,11 @@ class SFTRun:
         from agentic_gcpo.train.trainer import config_tools, load_policy, load_split
 
         self.cfg = cfg
+        if cfg.model.lora.enabled:  # its checkpoint must be a whole model for `train` to continue from
+            raise ValueError(
+                "sft trains every weight; model.lora.enabled=true is for `agentic-gcpo train` only: "
+                "set model.lora.enabled=false for the SFT stage"
+            )
         torch.manual_seed(cfg.run.seed)
         problems = load_split(cfg.data)
         self.problems = problems[: cfg.sft.limit] if cfg.sft.limit else problems

@@ -32,7 +32,14 @@ from agentic_gcpo.rollout.golden import GoldenSource
 from agentic_gcpo.rollout.golden_teacher import teacher_from_config
 from agentic_gcpo.sandbox import make_sandbox
 from agentic_gcpo.tool_registry import get_tools
-from agentic_gcpo.train.checkpoint import make_run_dir, remove_partial_saves, save_checkpoint
+from agentic_gcpo.train import distributed, lora
+from agentic_gcpo.train import state as run_state
+from agentic_gcpo.train.checkpoint import (
+    make_run_dir,
+    prune_checkpoints,
+    remove_partial_saves,
+    save_checkpoint,
+)
 from agentic_gcpo.train.interrupt import close_all, interrupt_report, kill_sandbox_now
 from agentic_gcpo.train.policy import interruptible_backward
 from agentic_gcpo.train.reward import resolve_buffer, score
@@ -63,6 +70,8 @@ def load_policy(cfg: Config, model: Any = None, tokenizer: Any = None) -> tuple[
         model, tokenizer = load_named(cfg.model.path)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.model.lora.enabled:  # a peft model; train and sample through lora.trained_module(model)
+        model = lora.wrap(model, cfg.model.lora, cfg.model.gradient_checkpointing)
     return model, tokenizer
 
 
@@ -93,20 +102,32 @@ class Trainer:
     phase = "setup"  # setup | eval | step | logging | checkpoint | final checkpoint | done
     last_checkpoint: Path | None = None
     interrupted = False
+    first_step = 0  # updates done before this process started (> 0 when resumed: train/resume.py)
     _timer: Timer | None = None  # the running step's, whose `current` names its phase
 
     def __init__(
         self, cfg: Config, run_dir: Path | None = None, model: Any = None, tokenizer: Any = None
     ) -> None:
         self.cfg = cfg
-        torch.manual_seed(cfg.run.seed)
+        # One process, or a rank of `accelerate launch` (train/distributed.py; docs/scale.md).
+        self.dist = distributed.setup()
+        self.local_prompts = self.dist.local_prompts(cfg.train.prompts_per_step)
+        torch.manual_seed(cfg.run.seed)  # the same on every rank: the same initial weights
         random.seed(cfg.run.seed)
-        self.run_dir = run_dir or make_run_dir(cfg)
-        save_config(cfg, self.run_dir / "config.yaml")
+        self.run_dir = run_dir or self.dist.broadcast(make_run_dir(cfg) if self.dist.is_main else None)
+        if self.dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
         self.algo = get_algorithm(cfg.algorithm.name)
         self.problems = load_split(cfg.data)
         self.eval_problems = load_split(cfg.eval) if cfg.eval.path and cfg.eval.every else []
         model, tokenizer = load_policy(cfg, model, tokenizer)
+        self.peft_model = model if cfg.model.lora.enabled else None  # what save() writes (the adapter)
+        model = lora.trained_module(model)  # with LoRA: the transformers model its adapters sit in
+        if self.dist.device:
+            model.to(self.dist.device)
+        self.dist.sync_module(model)
+        self.sampled_model = self.dist.sampling_copy(model)  # FSDP: an unsharded copy; else `model`
+        model = self.dist.shard_model(model)
         self.model, self.tok = model, tokenizer
         self.tools = config_tools(cfg)
         self.sandbox = make_sandbox(cfg.sandbox)
@@ -115,11 +136,12 @@ class Trainer:
         )
         self.engine = make_engine(
             cfg.engine.backend,
-            model,
+            self.sampled_model,
             tokenizer,
             dtype=cfg.engine.dtype,
             max_batch_size=cfg.engine.max_batch_size,
             prefix_cache_mb=cfg.engine.prefix_cache_mb,
+            options=getattr(cfg.engine, cfg.engine.backend, None),  # engine.sglang etc.; hf has none
         )
         # Decided once from the hardware and written down, so a slow run can be explained.
         device = next(model.parameters()).device
@@ -133,12 +155,13 @@ class Trainer:
             "train_dtype": self.precision.dtype,
             "train_dtype_reason": self.precision.reason,
         }
-        (self.run_dir / "precision.json").write_text(json.dumps(lines, indent=2) + "\n")
-        print(
-            f"precision: sampling {lines['engine_dtype']} ({lines['engine_dtype_reason']}); "
-            f"training {lines['train_dtype']} ({lines['train_dtype_reason']})",
-            flush=True,
-        )
+        if self.dist.is_main:
+            (self.run_dir / "precision.json").write_text(json.dumps(lines, indent=2) + "\n")
+            print(
+                f"precision: sampling {lines['engine_dtype']} ({lines['engine_dtype_reason']}); "
+                f"training {lines['train_dtype']} ({lines['train_dtype_reason']})",
+                flush=True,
+            )
         r = cfg.rollout
         self.loop = AgentLoop(
             self.engine,
@@ -162,10 +185,14 @@ class Trainer:
             teacher=teacher_from_config(cfg, self.tools, self.sandbox) if self.algo.injects_golden else None,
         )
         self.opt = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+            [p for p in self.model.parameters() if p.requires_grad],  # with LoRA: the adapters only
+            lr=cfg.train.lr,
+            weight_decay=cfg.train.weight_decay,
         )
         self.lr_slot = 0  # position in the learning-rate schedule, in optimizer-step slots
-        self.logger = MetricsLogger.for_run(self.run_dir, cfg)
+        self.logger = (
+            MetricsLogger.for_run(self.run_dir, cfg) if self.dist.is_main else distributed.NullLogger()
+        )
         self.batches = batches(self.problems, cfg.train.prompts_per_step, cfg.run.seed, cfg.data.shuffle)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._next_gid = 0  # group ids stay unique across steps and sampling rounds
@@ -207,7 +234,7 @@ class Trainer:
     def sample(self, step: int, timer: Timer) -> tuple[list[Trajectory], dict[str, float]]:
         """Rollouts for one update: one round of prompts, more while the algorithm asks (DAPO, GPG)."""
         cfg, algo = self.cfg, self.algo
-        G, target = cfg.rollout.group_size, cfg.train.prompts_per_step
+        G, target = cfg.rollout.group_size, self.local_prompts  # this rank's share of the problems
         batch: list[Trajectory] = []
         own: list[Trajectory] = []  # the policy's rollouts, before injection or filtering
         n_problems = injected = candidates = refused = tool_refused = rounds = 0
@@ -215,10 +242,11 @@ class Trainer:
         last_degenerate: list[list[Trajectory]] = []  # all-equal groups of the latest round
         penalties: list[float] = []
         while True:
-            problems = next(self.batches)
-            first_gid, self._next_gid = self._next_gid, self._next_gid + len(problems)
+            problems = self.dist.shard(next(self.batches))  # every rank reads the same global batch
+            first_gid = self._next_gid + self.dist.rank * len(problems)  # the ids one process gives
+            self._next_gid += self.dist.world * len(problems)
             with timer("rollout"):
-                seed = (cfg.run.seed * 100003 + step) * 101 + rounds
+                seed = self.dist.sampling_seed((cfg.run.seed * 100003 + step) * 101 + rounds)
                 new = self.loop.run(problems, G, seed=seed, first_group_id=first_gid)
             with timer("verify"):
                 penalties += score(
@@ -251,8 +279,8 @@ class Trainer:
                 break
             correct = torch.tensor([float(t.correct) for t in batch], dtype=torch.float32)
             gids = torch.tensor([t.group_id for t in batch], dtype=torch.long)
-            if not algo.needs_more(correct, gids, cfg.algorithm, target):
-                break
+            if not self.dist.any(algo.needs_more(correct, gids, cfg.algorithm, target)):
+                break  # every rank reads the same number of batches: another round if any rank asks
         if algo.drop_degenerate_groups:
             batch = batch[: target * G]  # a full batch of informative groups, as DAPO trims
         elif algo.rebuild_batch and rounds > 1:
@@ -262,6 +290,16 @@ class Trainer:
             keep += last_degenerate[: target - len(keep)]
             batch = [t for g in keep for t in g]
         dropped = n_problems - len(batch) // G  # groups generated but not trained on
+        n_batch = len(batch)
+        if self.dist.active:  # the whole step's rollouts and counts, as one process would log them
+            parts = self.dist.gather(
+                (own, penalties, n_problems, injected, candidates, refused, tool_refused)
+            )
+            own, penalties = [t for p in parts for t in p[0]], [x for p in parts for x in p[1]]
+            n_problems, injected, candidates, refused, tool_refused = (
+                sum(p[k] for p in parts) for k in range(2, 7)
+            )
+            dropped, n_batch = (int(x) for x in self.dist.sum([dropped, n_batch]))
         metrics = rollout_metrics(own)
         metrics.update(
             {
@@ -272,7 +310,7 @@ class Trainer:
                 "gcpo/golden_tool_errors": float(tool_refused),
                 "sampling/rounds": float(rounds),
                 "sampling/dropped_groups": float(dropped),
-                "sampling/train_seqs": float(len(batch)),
+                "sampling/train_seqs": float(n_batch),
                 "reward/overlong_penalty_mean": sum(penalties) / max(1, len(penalties)),
                 "reward/overlong_frac": sum(p < 0 for p in penalties) / max(1, len(penalties)),
             }
@@ -291,7 +329,7 @@ class Trainer:
         with timer("train"):
             metrics.update(self.update(trajs))  # an empty batch still logs (and advances the LR schedule)
         with timer("sync"):
-            self.engine.update_weights(None)
+            self.engine.update_weights(self.dist.full_weights(self.model))  # None: the engine shares it
         metrics.update(timer.times)
         metrics["time/step_s"] = sum(timer.times.values())
         return StepResult(metrics, trajs)
@@ -307,13 +345,14 @@ class Trainer:
             bf16=self.precision.bf16,
             pad_id=self.pad_id,
             first_slot=self.lr_slot,
+            dist=self.dist,
         )
         self.lr_slot += slots_per_update(self.cfg.train)
         return out
 
     def evaluate(self) -> dict[str, float]:
         """Held-out accuracy and tool use of the current policy (same engine, tools and sandbox)."""
-        if not self.eval_problems:
+        if not self.eval_problems or not self.dist.is_main:  # rank 0 evaluates; the others wait
             return {}
         e, r = self.cfg.eval, self.cfg.rollout
         limits = LoopLimits(
@@ -325,9 +364,23 @@ class Trainer:
 
     # --- the run -----------------------------------------------------------------------------
     def save(self, name: str) -> Path:
-        """checkpoints/NAME, whole or not at all (see train/checkpoint.py)."""
-        self.last_checkpoint = save_checkpoint(self.model, self.tok, self.run_dir / "checkpoints" / name)
-        return self.last_checkpoint
+        """checkpoints/NAME, whole or not at all (see train/checkpoint.py); rank 0's copy (every rank
+        holds the same weights). With LoRA: the adapter in peft's format (lora.py)."""
+        d = self.run_dir / "checkpoints" / name
+        if self.dist.is_main:
+            model = self.peft_model or self.sampled_model
+            state = lambda tmp: run_state.write_state(self, tmp)  # noqa: E731 - written into the temp dir
+            self.last_checkpoint = save_checkpoint(model, self.tok, d, state)
+            prune_checkpoints(d.parent, self.cfg.train.keep_checkpoints)
+        return d
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides the weights that the next step depends on (train/state.py)."""
+        return run_state.trainer_state(self)
+
+    def load_state_dict(self, state: dict[str, Any], checkpoint: Path | None = None) -> None:
+        """Continue after the step `state` was saved at (the weights are loaded separately)."""
+        run_state.restore(self, state, checkpoint)
 
     def train(self) -> Path:
         """Run every step, then save the final policy. Ctrl-C (KeyboardInterrupt) anywhere stops the
@@ -335,17 +388,20 @@ class Trainer:
         engine and logger closed, summary.json says `interrupted`, and the KeyboardInterrupt
         propagates (the CLI prints `interrupt_report()` and exits 130)."""
         cfg = self.cfg
-        steps = range(cfg.train.steps)
+        steps = range(self.first_step, cfg.train.steps)  # from a checkpoint's step when resumed
         remove_partial_saves(self.run_dir / "checkpoints")
         bar = None
-        if cfg.log.progress:
+        if cfg.log.progress and self.dist.is_main:
             from tqdm import tqdm
 
-            bar = tqdm(steps, desc="train", unit="step", dynamic_ncols=True)
+            bar = tqdm(
+                total=cfg.train.steps, initial=self.first_step, desc="train", unit="step", dynamic_ncols=True
+            )
         completed = False
         unhook = interruptible_backward(self.model)  # Ctrl-C lands inside a micro-batch's backward
         try:
-            if cfg.eval.every:  # the starting point; eval rows share metrics.jsonl, keys eval/*
+            if cfg.eval.every and not self.first_step:  # the starting point (a resumed run has it)
+                # eval rows share metrics.jsonl, keys eval/*
                 self.phase = "eval"
                 self.logger.log(0, self.evaluate())
             for step in steps:
@@ -379,7 +435,7 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(summary)
-                else:
+                elif self.dist.is_main:
                     print(f"step {step + 1}/{cfg.train.steps} | {summary}", flush=True)
             if cfg.train.save_final:
                 self.phase = "final checkpoint"
@@ -393,7 +449,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.close(interrupted=not completed)
-            if completed or self.interrupted:
+            if (completed or self.interrupted) and self.dist.is_main:
                 outcome = {
                     "run_dir": str(self.run_dir),
                     "steps": cfg.train.steps,
@@ -418,6 +474,7 @@ class Trainer:
             parts.append(("teacher", lambda: self.golden.teacher.close(wait=not interrupted)))
         code = 130 if self.interrupted else int(interrupted)  # the exit code W&B records
         parts += [("engine", self.engine.close), ("metrics logger", lambda: self.logger.close(code))]
+        parts.append(("process group", self.dist.close))
         close_all(parts)
 
     def kill_now(self) -> None:

@@ -23,6 +23,11 @@ Each optimizer step forwards each distinct prompt once (`train.share_prefix`, po
 its group's sequences continue from its keys/values and its gradient is sent back once after the
 step's last micro-batch, so the G copies of a prompt cost one.
 
+Across processes (`train/distributed.py`, `dist`): each rank holds whole groups; advantages are
+computed over every rank's rewards, each optimizer step's denominators are summed over ranks before
+any division, and the gradients are summed over ranks before clipping, so the step equals one
+process with the whole batch. Mini-batch k is the union of the ranks' k-th mini-batches.
+
 Learning rate: linear warmup over `train.warmup_steps` optimizer steps, then constant or cosine down
 to `min_lr_ratio` x lr over the planned steps (steps x mini_batches x epochs). The position in the
 schedule is the optimizer-step *slot*: a mini-batch skipped because it had nothing to learn still
@@ -32,14 +37,15 @@ advances it, so the schedule follows training progress, not how many batches wer
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from agentic_gcpo.algorithms import Algorithm, aggregate
 from agentic_gcpo.config import Config, TrainConfig
 from agentic_gcpo.ledger import Trajectory
-from agentic_gcpo.train.policy import PackedBatch, SharedPrefixes, batch_logprobs, pack
+from agentic_gcpo.train.distributed import SINGLE, Dist, as_float
+from agentic_gcpo.train.policy import PackedBatch, SharedPrefixes, batch_logprobs, pack, token_logprobs
 
 # What a step without a gradient logs, so every row has the same keys: the policy did not move
 # (ratio 1, KL 0); the sampler/trainer logprob gap was not measured (NaN -> null in the JSONL).
@@ -96,6 +102,7 @@ class _MiniBatch:
     micro: list[list[int]]  # trajectory indices per micro-batch (active members only, length-sorted)
     num_seqs: int  # denominators of this optimizer step: every member, zero-advantage ones included
     num_tokens: float
+    trains: bool = True  # some rank has a sequence to learn from in this step (else the slot passes)
 
 
 def _plan(trajs: list[Trajectory], adv: torch.Tensor, tc: TrainConfig) -> list[_MiniBatch]:
@@ -110,7 +117,43 @@ def _plan(trajs: list[Trajectory], adv: torch.Tensor, tc: TrainConfig) -> list[_
                 num_tokens=float(sum(trajs[i].num_policy_tokens for i in mini)),
             )
         )
+        plan[-1].trains = bool(plan[-1].micro)
     return plan
+
+
+def _global_plan(plan: list[_MiniBatch], dist: Dist) -> list[_MiniBatch]:
+    """Each rank's plan with every optimizer step's denominators summed over ranks, padded with empty
+    mini-batches to the longest plan (ranks take the same number of steps, in lockstep). Under FSDP
+    each step's micro-batches are padded too (empty ones: `Dist.idle_pass`), since every forward
+    and backward is a collective there."""
+    if not dist.active:
+        return plan
+    parts = dist.gather([(mb.num_seqs, mb.num_tokens, len(mb.micro)) for mb in plan])
+    n = max(len(p) for p in parts)
+    plan = plan + [_MiniBatch([], 0, 0.0) for _ in range(n - len(plan))]
+    for k, mb in enumerate(plan):
+        rows = [p[k] for p in parts if k < len(p)]
+        mb.num_seqs = int(sum(r[0] for r in rows))
+        mb.num_tokens = float(sum(r[1] for r in rows))
+        mb.trains = any(r[2] for r in rows)
+        if dist.fsdp:
+            mb.micro = mb.micro + [[] for _ in range(max(r[2] for r in rows) - len(mb.micro))]
+    return plan
+
+
+def _advantages(
+    algo: Algorithm, cfg: Config, trajs: list[Trajectory], dist: Dist
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(this rank's advantages [N], the whole batch's [N_all]): computed once over every rank's
+    rewards, so statistics over the batch (GPG's alpha) are those of one process."""
+    mine = ([t.reward for t in trajs], [t.group_id for t in trajs], [t.is_golden for t in trajs])
+    parts = dist.gather(mine)
+    rewards = torch.tensor([r for p in parts for r in p[0]], dtype=torch.float32)
+    gids = torch.tensor([g for p in parts for g in p[1]], dtype=torch.long)
+    golden = torch.tensor([x for p in parts for x in p[2]], dtype=torch.bool)
+    adv = algo.advantages(rewards, gids, golden, cfg.algorithm)  # [N_all]
+    start = sum(len(p[0]) for p in parts[: dist.rank])
+    return adv[start : start + len(trajs)], adv
 
 
 def _micro_batches(lengths: list[int], idx: list[int], tc: TrainConfig) -> list[list[int]]:
@@ -127,6 +170,15 @@ def _micro_batches(lengths: list[int], idx: list[int], tc: TrainConfig) -> list[
         else:
             out.append([i])
     return out
+
+
+def _on(b: PackedBatch, device: torch.device) -> PackedBatch:
+    """The batch's tensors on the model's device (a GPU rank's); on CPU the batch itself."""
+    if device.type == "cpu":
+        return b
+    move = {k: getattr(b, k) for k in ("input_ids", "attention_mask", "loss_mask", "sampler_logprobs")}
+    move.update({k: getattr(b, k) for k in ("prefix_rows", "offsets") if getattr(b, k) is not None})
+    return replace(b, **{k: v.to(device) for k, v in move.items()})
 
 
 def _stack_old(old: dict[int, torch.Tensor], idx: list[int], like: torch.Tensor) -> torch.Tensor:
@@ -147,43 +199,49 @@ def policy_update(
     bf16: bool,
     pad_id: int,
     first_slot: int,
+    dist: Dist = SINGLE,
 ) -> dict[str, float]:
     """Every optimizer step for one rollout batch; returns the `loss/*`, `adv/*`, `train/lr` metrics.
 
     `first_slot`: this batch's first position in the LR schedule (the caller advances it by
-    `slots_per_update`)."""
+    `slots_per_update`). `dist`: this process's rank when launched across processes; `trajs` is
+    then its share (whole groups) and every returned metric is the whole batch's."""
     tc = cfg.train
     n_slots = slots_per_update(tc)
     lr_last = tc.lr * lr_factor(first_slot + n_slots - 1, tc)
-    if not trajs:
+    if not dist.sum([len(trajs)])[0]:
         return {**NO_UPDATE, "train/lr": lr_last}
-    rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
-    gids = torch.tensor([t.group_id for t in trajs], dtype=torch.long)
-    golden = torch.tensor([t.is_golden for t in trajs], dtype=torch.bool)
-    adv = algo.advantages(rewards, gids, golden, cfg.algorithm)  # [N], once over the whole batch
-    plan = _plan(trajs, adv, tc)
-    n_active = sum(len(ix) for mb in plan for ix in mb.micro)
+    adv, adv_all = _advantages(algo, cfg, trajs, dist)  # [N], once over the whole batch
+    plan = _global_plan(_plan(trajs, adv, tc), dist)
+    n_active = int(dist.sum([sum(len(ix) for mb in plan for ix in mb.micro)])[0])
     out: dict[str, float] = {
         "loss/active_seqs": float(n_active),
-        "adv/abs_mean": float(adv.abs().mean()),
+        "adv/abs_mean": float(adv_all.abs().mean()),
         "train/lr": lr_last,
     }
     if not n_active:
         return {**NO_UPDATE, **out}
 
     def logprobs(b: PackedBatch) -> torch.Tensor:  # [n, T-1], 0 where loss_mask is 0
+        if dist.fsdp:  # through the root module: FSDP gathers its parameters in the root's forward
+            lp = token_logprobs(
+                model, b.input_ids, b.attention_mask, bf16, temperature=cfg.rollout.temperature
+            )
+            return lp * b.loss_mask
         return batch_logprobs(model, b, bf16, cfg.rollout.temperature)
 
     def prefixes(mb: _MiniBatch) -> SharedPrefixes | None:
         """This optimizer step's prompts, forwarded once (with grad when grad mode is on)."""
         members = [trajs[i] for idx in mb.micro for i in idx]
-        if not (tc.share_prefix and SharedPrefixes.applies(members, model)):
+        if not (tc.share_prefix and not dist.fsdp and SharedPrefixes.applies(members, model)):
             return None
         shared = SharedPrefixes(members, pad_id)
         shared.forward(model, bf16)
         return shared
 
     model.train()  # the old pass too: the same mode as the training passes, so the ratio starts at 1
+    device = next(model.parameters()).device  # a launched GPU rank's; batches are packed on the CPU
+    adv_dev = adv.to(device)
     reuse_current = n_slots == 1  # one step: the generating policy is the current one
     old: dict[int, torch.Tensor] = {}
     diffs, n_diff = 0.0, 0  # sampler vs trainer logprob gap, on the pre-update policy
@@ -200,7 +258,10 @@ def policy_update(
             for mb in plan:
                 shared = prefixes(mb) if mb.micro else None
                 for idx in mb.micro:
-                    b = pack([trajs[i] for i in idx], pad_id, shared)
+                    if not idx:  # FSDP lockstep padding
+                        dist.idle_pass(model, backward=False)
+                        continue
+                    b = _on(pack([trajs[i] for i in idx], pad_id, shared), device)
                     lp = logprobs(b)
                     sampler_gap(b, lp)
                     for row, i in enumerate(idx):
@@ -209,22 +270,25 @@ def policy_update(
     losses, norms, sums, weights = [], [], {}, 0
     for epoch in range(tc.epochs):
         for k, mb in enumerate(plan):
-            if not mb.micro:
+            if not mb.trains:
                 continue  # nothing to learn in this mini-batch; its schedule slot passes unused
             lr = tc.lr * lr_factor(first_slot + epoch * tc.mini_batches + k, tc)
             for group in opt.param_groups:
                 group["lr"] = lr
             step_loss = 0.0
-            shared = prefixes(mb)
+            shared = prefixes(mb) if mb.micro else None  # a rank can have no sequence in a step
             for idx in mb.micro:
-                b = pack([trajs[i] for i in idx], pad_id, shared)
+                if not idx:  # FSDP lockstep padding
+                    dist.idle_pass(model, backward=True)
+                    continue
+                b = _on(pack([trajs[i] for i in idx], pad_id, shared), device)
                 logp = logprobs(b)
                 if reuse_current:
                     old_lp = logp.detach()
                     sampler_gap(b, logp)
                 else:
                     old_lp = _stack_old(old, idx, logp)
-                per_tok, m = algo.policy_loss(logp, old_lp, adv[idx], b.loss_mask, cfg.algorithm)
+                per_tok, m = algo.policy_loss(logp, old_lp, adv_dev[idx], b.loss_mask, cfg.algorithm)
                 loss = aggregate(
                     per_tok,
                     b.loss_mask,
@@ -233,21 +297,30 @@ def policy_update(
                     num_tokens=mb.num_tokens,
                     norm_len=cfg.algorithm.dr_grpo_norm_len,
                 )
-                loss.backward()
+                dist.backward(loss)
                 step_loss += float(loss.detach())
                 for key, v in m.items():
                     sums[key] = sums.get(key, 0.0) + float(v) * len(idx)
                 weights += len(idx)
             if shared is not None:
                 shared.backward()  # the prompts' share of the gradient, once for the whole step
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            if math.isfinite(float(grad_norm)):
+            dist.all_reduce_grads(list(model.parameters()))  # each rank's loss is its share of the sum
+            grad_norm = as_float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+            if math.isfinite(grad_norm):
                 opt.step()
             opt.zero_grad(set_to_none=True)
             losses.append(step_loss)
             norms.append(float(grad_norm))
     # Means over optimizer steps (loss, grad norm) and over every trained sequence (ratio metrics):
-    # with one step per batch these are exactly that step's numbers.
+    # with one step per batch these are exactly that step's numbers. Across ranks: sums of the parts.
+    if dist.active:
+        losses = dist.sum(losses)
+        diffs, n_diff, weights = dist.sum([diffs, n_diff, weights])
+        merged: dict[str, float] = {}
+        for part in dist.gather(sums):
+            for key, v in part.items():
+                merged[key] = merged.get(key, 0.0) + v
+        sums = merged
     out.update({f"loss/{k}": v / weights for k, v in sums.items()})
     out.update(
         {
