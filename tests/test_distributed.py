@@ -8,7 +8,8 @@
 - Likewise with FSDP2 (`fully_shard` works on CPU with gloo for the tiny model): the float64 update
   matches one process that forwards without the shared-prompt pass (FSDP forwards through the
   root module) within the same 1e-9.
-- `accelerate launch --num_processes 2 -m agentic_gcpo.cli train` runs 2 steps of the tiny config
+- `accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m agentic_gcpo.cli train` (and
+  `cpu_2proc_fsdp2.yaml`) runs 2 steps of the tiny config
   end to end, data parallel and FSDP2: one run directory, metrics written once per step by rank 0,
   a final checkpoint, exit 0, no process left.
 - Without a launcher nothing changes (`Dist()`), and a batch that does not divide is refused.

@@ -29,6 +29,7 @@ HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 class Replay(BaseHTTPRequestHandler):
     calls: list = []
+    dev_mode = True  # VLLM_SERVER_DEV_MODE=1: the /collective_rpc and /reset_prefix_cache routes exist
 
     def log_message(self, *args):  # quiet
         pass
@@ -57,7 +58,7 @@ class Replay(BaseHTTPRequestHandler):
                 if case["request"] == body:
                     return self._send(200, case["response"])
             return self._send(400, {"error": {"message": f"no recording for this request: {body}"}})
-        if self.path in ("/collective_rpc", "/reset_prefix_cache"):
+        if self.path in ("/collective_rpc", "/reset_prefix_cache") and self.dev_mode:
             return self._send(200, {})
         self._send(404, {"detail": "Not Found"})
 
@@ -142,6 +143,19 @@ def test_weight_sync_writes_every_tensor_then_reloads_and_resets_cache(tiny128, 
             eng.update_weights({"lm_head.weight": model.lm_head.weight})
         assert eng.weight_version == 1
     finally:
+        eng.close()
+
+
+def test_server_without_dev_mode_says_how_to_sync_weights(tiny128, server):
+    model, tok = tiny128
+    eng = attach(model, tok, server)
+    Replay.dev_mode = False
+    try:
+        with pytest.raises(RemoteError, match="VLLM_SERVER_DEV_MODE=1"):
+            eng.update_weights(None)
+        assert eng.weight_version == 0
+    finally:
+        Replay.dev_mode = True
         eng.close()
 
 

@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from agentic_gcpo.engines.base import Completion, Engine, SamplingParams
-from agentic_gcpo.engines.remote import RemoteError, ServerProcess, free_port, request, wait_ready
+from agentic_gcpo.engines.remote import (
+    RemoteError,
+    RequestRejected,
+    ServerProcess,
+    free_port,
+    request,
+    wait_ready,
+)
 from agentic_gcpo.engines.vllm import (
     NO_VLLM,
     check_request,
@@ -281,17 +288,29 @@ class VLLMServerEngine(Engine):
         # in the server's dtype when we launched it: bf16 halves what it reads
         save_weights(self.model, sd, path, self.precision.torch_dtype if self.precision else None)
         what = f"weight update v{self.weight_version + 1}"
+        try:
+            self._rpc_reload(path, what)
+        except RequestRejected as e:
+            if e.status != 404:
+                raise
+            raise RemoteError(
+                f"{what}: the vLLM server at {self.url} has no /collective_rpc route; start it with "
+                "VLLM_SERVER_DEV_MODE=1 (launched servers get it) so weights can be reloaded in place",
+                e.url,
+            ) from None
+        self._call("POST", "/reset_prefix_cache", None, f"prefix-cache reset after {what}")
+        if self._weights is not None:
+            shutil.rmtree(self._weights, ignore_errors=True)
+        self._weights = path
+        self.weight_version += 1
+
+    def _rpc_reload(self, path: Path, what: str) -> None:
         self._call(
             "POST",
             "/collective_rpc",
             {"method": "reload_weights", "kwargs": {"weights_path": str(path)}},
             what,
         )
-        self._call("POST", "/reset_prefix_cache", None, f"prefix-cache reset after {what}")
-        if self._weights is not None:
-            shutil.rmtree(self._weights, ignore_errors=True)
-        self._weights = path
-        self.weight_version += 1
 
     def sleep(self, level: int = 1) -> None:
         """GPU servers free their memory (a CPU server logs that it ignores this)."""
