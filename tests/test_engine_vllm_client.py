@@ -29,6 +29,7 @@ HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 class Replay(BaseHTTPRequestHandler):
     calls: list = []
+    reloaded: set = set()  # tensor names in the safetensors file of the last /collective_rpc reload
     dev_mode = True  # VLLM_SERVER_DEV_MODE=1: the /collective_rpc and /reset_prefix_cache routes exist
 
     def log_message(self, *args):  # quiet
@@ -58,6 +59,10 @@ class Replay(BaseHTTPRequestHandler):
                 if case["request"] == body:
                     return self._send(200, case["response"])
             return self._send(400, {"error": {"message": f"no recording for this request: {body}"}})
+        if (
+            self.path == "/collective_rpc" and self.dev_mode
+        ):  # read the folder as vLLM would, before answering
+            Replay.reloaded = set(load_file(Path(body["kwargs"]["weights_path"]) / "model.safetensors"))
         if self.path in ("/collective_rpc", "/reset_prefix_cache") and self.dev_mode:
             return self._send(200, {})
         self._send(404, {"detail": "Not Found"})
@@ -116,29 +121,13 @@ def test_weight_sync_writes_every_tensor_then_reloads_and_resets_cache(tiny128, 
     model, tok = tiny128
     eng = attach(model, tok, server)
     try:
-        seen = {}
-
-        def spy(path, body):  # read the folder while it exists (the next update removes it)
-            if path == "/collective_rpc":
-                seen["keys"] = set(load_file(Path(body["kwargs"]["weights_path"]) / "model.safetensors"))
-
-        orig = Replay.do_POST
-
-        def do_post(self):
-            n = len(Replay.calls)
-            orig(self)
-            spy(*Replay.calls[n])
-
-        Replay.do_POST = do_post
-        try:
-            eng.update_weights(None)
-        finally:
-            Replay.do_POST = orig
+        Replay.reloaded = set()
+        eng.update_weights(None)
         paths = [p for p, _ in Replay.calls]
         assert paths == ["/collective_rpc", "/reset_prefix_cache"]
         assert Replay.calls[0][1]["method"] == "reload_weights"
         # tied lm_head written out too: vLLM's reload from disk leaves it unloaded otherwise
-        assert seen["keys"] == set(model.state_dict()) and "lm_head.weight" in seen["keys"]
+        assert Replay.reloaded == set(model.state_dict()) and "lm_head.weight" in Replay.reloaded
         with pytest.raises(ValueError, match="partial state dict"):
             eng.update_weights({"lm_head.weight": model.lm_head.weight})
         assert eng.weight_version == 1

@@ -234,6 +234,16 @@ def test_ctrl_c_mid_run_stops_cleans_up_and_the_run_can_be_continued(tmp_path):
     assert [r["step"] for r in rows if "loss/policy" in r] == list(range(1, k + 2))
 
 
+def test_ctrl_c_while_the_next_batch_is_drawn_ahead(tmp_path):
+    """rollout.off_policy_steps=1: a rollout thread runs beside the update. Ctrl-C stops both
+    within the bound, and nothing is left running."""
+    run = Run(_cli(f"run.output_dir={tmp_path / 'runs'}", "rollout.off_policy_steps=1"), tmp_path)
+    run.wait_for(lambda: run.line(r"^step 1/500 "), "first step")
+    procs = _descendants(run.proc.pid)
+    rc, took = run.interrupt()
+    _check_interrupted(run, rc, took, procs)
+
+
 def _sleepers() -> dict[int, tuple[int, str]]:
     """Processes anywhere on the machine running the tool call's `sleep 317` (inside containers
     too: they are host processes, though not the trainer's descendants)."""

@@ -88,13 +88,16 @@ class HFEngine(Engine):
         max_batch_size: int = 32,
         prefix_cache_mb: int = 2048,
         admit_every: int = 8,
+        separate_weights: bool = False,
     ) -> None:
         super().__init__()
         self.model = model  # the trainer's module (fp32 master weights when training)
         self.tokenizer = tokenizer
         device = next(model.parameters()).device
         self.precision = resolve(dtype, device)
-        self.sampler = self._sampling_module(model, self.precision.torch_dtype)
+        # separate_weights: sample from a copy even in the trainer's dtype, so the learner can step
+        # while this engine generates (rollout.off_policy_steps: 1); refreshed at update_weights.
+        self.sampler = self._sampling_module(model, self.precision.torch_dtype, separate_weights)
         self.max_batch_size = max_batch_size
         self.weight_version = 0
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -113,8 +116,8 @@ class HFEngine(Engine):
         self.admit_every = admit_every
 
     @staticmethod
-    def _sampling_module(model: Any, dtype: torch.dtype) -> Any:
-        if next(model.parameters()).dtype == dtype:
+    def _sampling_module(model: Any, dtype: torch.dtype, separate: bool = False) -> Any:
+        if next(model.parameters()).dtype == dtype and not separate:
             return model
         # Parameters only: buffers such as RoPE's inv_freq stay fp32, as the model computes them.
         sampler = copy.deepcopy(model).eval()

@@ -59,6 +59,10 @@ class _Episode:
 _RUNS = itertools.count()  # engine request keys are (run, episode): unique across loops and calls
 
 
+class RolloutStopped(RuntimeError):
+    """A run ended early by AgentLoop.stop()."""
+
+
 # An observer of a run, for interactive use (the REPL): on_event(kind, trajectory, payload) with
 # kind "token" (a sampled id, as the engine draws it), "turn" (the turn's Completion, once appended),
 # "tools" (that turn's ToolCallRecords, once run) or "done" (the finish reason).
@@ -77,7 +81,13 @@ class AgentLoop:
     ) -> None:
         self.engine, self.chat, self.tools, self.sandbox, self.limits = engine, chat, tools, sandbox, limits
         self.on_event = on_event  # None in training and eval: nothing extra runs
+        self._stopping = False  # set by stop(): a run on another thread ends at its next step
         self._pool = ThreadPoolExecutor(max_workers=limits.tool_threads, thread_name_prefix="tool")
+
+    def stop(self) -> None:
+        """Make a run in progress (on another thread) raise RolloutStopped at its next decode step
+        or tool result; later runs are refused. For a trainer generating ahead when Ctrl-C comes."""
+        self._stopping = True
 
     def close(self, wait: bool = True) -> None:
         """wait=False (an interrupted run): cancel queued tool calls and do not join running ones;
@@ -112,6 +122,8 @@ class AgentLoop:
             for i, e in enumerate(episodes):
                 self._submit(run, i, e, seed)
             while True:
+                if self._stopping:
+                    raise RolloutStopped("the agent loop was stopped (the run is shutting down)")
                 for i in [i for i, f in tools.items() if f.done()]:
                     self._tools_done(episodes[i], tools.pop(i).result())
                     self._submit(run, i, episodes[i], seed)

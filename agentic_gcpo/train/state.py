@@ -78,6 +78,8 @@ def trainer_state(tr: Any) -> dict[str, Any]:
         "data": tr.batches.state_dict(),
         "golden": tr.golden.state_dict(),
         "rng": rng_state(),
+        # rollout.off_policy_steps: the next step's batch, already drawn by the previous policy
+        "ahead": tr.ahead.ready if getattr(tr, "ahead", None) is not None else None,
     }
 
 
@@ -130,4 +132,6 @@ def restore(tr: Any, state: dict[str, Any], checkpoint: Path | None = None) -> N
     step = int(state["step"])
     tr.first_step = tr.updates_logged = tr.current_step = step
     tr.last_checkpoint = checkpoint
+    if state.get("ahead") is not None and getattr(tr, "ahead", None) is not None:
+        tr.ahead.ready = state["ahead"]
     set_rng_state(state["rng"])  # last: nothing above may draw from them after this

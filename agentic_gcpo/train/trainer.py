@@ -34,6 +34,7 @@ from agentic_gcpo.sandbox import make_sandbox
 from agentic_gcpo.tool_registry import get_tools
 from agentic_gcpo.train import distributed, lora
 from agentic_gcpo.train import state as run_state
+from agentic_gcpo.train.ahead import RolloutAhead
 from agentic_gcpo.train.checkpoint import (
     make_run_dir,
     prune_checkpoints,
@@ -142,6 +143,12 @@ class Trainer:
             max_batch_size=cfg.engine.max_batch_size,
             prefix_cache_mb=cfg.engine.prefix_cache_mb,
             options=getattr(cfg.engine, cfg.engine.backend, None),  # engine.sglang etc.; hf has none
+            # generating ahead: the in-process engine must not read weights the learner is writing
+            **(
+                {"separate_weights": True}
+                if cfg.rollout.off_policy_steps and cfg.engine.backend == "hf"
+                else {}
+            ),
         )
         # Decided once from the hardware and written down, so a slow run can be explained.
         device = next(model.parameters()).device
@@ -197,6 +204,14 @@ class Trainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._next_gid = 0  # group ids stay unique across steps and sampling rounds
         self.overlong_buffer = resolve_buffer(cfg.reward.overlong_buffer, self.algo.overlong_buffer)
+        self.ahead: RolloutAhead | None = None  # rollout.off_policy_steps: 1 (train/ahead.py)
+        if cfg.rollout.off_policy_steps:
+            if self.dist.active:
+                raise ValueError(
+                    "rollout.off_policy_steps: 1 runs in one process only (its rollout thread's collectives "
+                    "would interleave with the update's); set it to 0 under accelerate launch"
+                )
+            self.ahead = RolloutAhead(self.sample, cfg.train.steps, self.loop.stop)
 
     # --- one step ----------------------------------------------------------------------------
     def inject(
@@ -323,12 +338,14 @@ class Trainer:
 
     def step(self, step: int) -> StepResult:
         timer = self._timer = Timer()
-        trajs, metrics = self.sample(step, timer)
+        trajs, metrics = self.ahead.take(step, timer) if self.ahead else self.sample(step, timer)
         for t in trajs:
             t.check()
         with timer("train"):
             metrics.update(self.update(trajs))  # an empty batch still logs (and advances the LR schedule)
         with timer("sync"):
+            if self.ahead:  # the next batch is being drawn by the old weights: let it finish first
+                self.ahead.wait_idle(timer)
             self.engine.update_weights(self.dist.full_weights(self.model))  # None: the engine shares it
         metrics.update(timer.times)
         metrics["time/step_s"] = sum(timer.times.values())
@@ -466,10 +483,10 @@ class Trainer:
         The sandbox goes first: its workers are killed, so a tool call still running returns at
         once. interrupted (Ctrl-C, an error): queued tool calls are cancelled and running ones not
         joined."""
-        parts = [
-            ("sandbox", self.sandbox.close),
-            ("agent loop", lambda: self.loop.close(wait=not interrupted)),
-        ]
+        parts = [("sandbox", self.sandbox.close)]
+        if self.ahead is not None:  # after the sandbox: a tool call it is waiting on returns at once
+            parts.append(("rollouts ahead", self.ahead.close))
+        parts.append(("agent loop", lambda: self.loop.close(wait=not interrupted)))
         if self.golden.teacher is not None:
             parts.append(("teacher", lambda: self.golden.teacher.close(wait=not interrupted)))
         code = 130 if self.interrupted else int(interrupted)  # the exit code W&B records

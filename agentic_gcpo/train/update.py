@@ -11,6 +11,9 @@ extra pass is spent. Otherwise one no-grad pass before the first optimizer step 
 the same micro-batches and precision as the training passes (so a mini-batch's first step starts at
 ratio 1 up to float noise), stored per trajectory. A golden member goes through the same pass: its
 old log-probs are the pre-update policy's teacher-forced ones, not those of whoever wrote it.
+With `train.behaviour_logprobs: sampler` (the default when rollouts lag the learner by a step,
+`rollout.off_policy_steps: 1`) sampled tokens take the engine's log-probs instead: the policy that
+really drew them, one update older than the learner, so the ratio measures and clips the lag.
 
 Micro-batches hold at most `train.micro_batch_size` sequences and `train.micro_batch_tokens` padded
 tokens (sorted by length first), so memory follows the batch's tokens, not its longest trajectory.
@@ -181,6 +184,14 @@ def _on(b: PackedBatch, device: torch.device) -> PackedBatch:
     return replace(b, **{k: v.to(device) for k, v in move.items()})
 
 
+def behaviour_source(cfg: Config) -> str:
+    """'sampler' or 'recompute': where old log-probs of sampled tokens come from (train.behaviour_logprobs)."""
+    mode = cfg.train.behaviour_logprobs
+    if mode == "auto":
+        return "sampler" if cfg.rollout.off_policy_steps else "recompute"
+    return mode
+
+
 def _stack_old(old: dict[int, torch.Tensor], idx: list[int], like: torch.Tensor) -> torch.Tensor:
     """The stored old log-probs of `idx`, right-padded with 0 to `like`'s [n, T-1] shape."""
     out = torch.zeros_like(like)
@@ -242,7 +253,10 @@ def policy_update(
     model.train()  # the old pass too: the same mode as the training passes, so the ratio starts at 1
     device = next(model.parameters()).device  # a launched GPU rank's; batches are packed on the CPU
     adv_dev = adv.to(device)
-    reuse_current = n_slots == 1  # one step: the generating policy is the current one
+    # The behaviour policy's log-probs of sampled tokens: the engine's own (`sampler`), or a
+    # recomputation by the learner, which is the generating policy only when rollouts are on-policy.
+    from_sampler = behaviour_source(cfg) == "sampler"
+    reuse_current = n_slots == 1  # one step: the pre-update policy is the current one
     old: dict[int, torch.Tensor] = {}
     diffs, n_diff = 0.0, 0  # sampler vs trainer logprob gap, on the pre-update policy
 
@@ -288,6 +302,9 @@ def policy_update(
                     sampler_gap(b, logp)
                 else:
                     old_lp = _stack_old(old, idx, logp)
+                if from_sampler:  # golden and template tokens (NaN) keep the recomputed values
+                    drawn = b.loss_mask.bool() & ~torch.isnan(b.sampler_logprobs)
+                    old_lp = torch.where(drawn, b.sampler_logprobs, old_lp)
                 per_tok, m = algo.policy_loss(logp, old_lp, adv_dev[idx], b.loss_mask, cfg.algorithm)
                 loss = aggregate(
                     per_tok,
