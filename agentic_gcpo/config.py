@@ -64,7 +64,8 @@ class VLLMConfig(_Section):
         "(weights synced through a safetensors folder).",
     )
     url: str | None = Field(
-        None, description="Server mode: attach to this running server (e.g. http://host:8000); None: launch one."
+        None,
+        description="Server mode: attach to this running server (e.g. http://host:8000); None: launch one.",
     )
     python: str | None = Field(
         None,

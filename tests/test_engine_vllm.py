@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -206,6 +207,43 @@ def test_failed_reload_rebuilds_the_engine(engine, tiny128):
     assert max(abs(a - b) for a, b in zip(again.logprobs, before.logprobs)) < 1e-5
 
 
+def test_lora_policy_samples_merged(engine, tiny128):
+    """model.lora: the engine gets the transformers module with peft's LoRA layers inside; it syncs
+    the merged weights (base names) and samples what that module computes."""
+    pytest.importorskip("peft", reason="peft not installed (bash .ci/setup-vllm.sh installs it)")
+    import copy
+
+    from agentic_gcpo.config import LoRAConfig
+    from agentic_gcpo.train.lora import trained_module, wrap
+
+    model, tok = tiny128
+    module = trained_module(
+        wrap(copy.deepcopy(model), LoRAConfig(enabled=True, r=4, target_modules=["q_proj"]))
+    )
+    module.eval()
+    with torch.no_grad():  # a trained adapter: B != 0 changes the model
+        for name, prm in module.named_parameters():
+            if "lora_B" in name:
+                prm.normal_(0, 0.2)
+    p = prompt_of(tok, "Adapters:")
+    engine.model = module  # the module a LoRA run hands the engine
+    try:
+        engine.update_weights(None)
+        c = engine.generate([p], [SamplingParams(max_new_tokens=12, temperature=0)])[0]
+        ref = teacher_logprobs(module, p, c.token_ids, 0.0)
+        assert max(abs(a - b) for a, b in zip(c.logprobs, ref)) < 1e-4
+    finally:
+        engine.model = model
+        engine.update_weights(None)
+
+
+def test_one_inprocess_engine_per_process(engine, tiny128):
+    model, tok = tiny128
+    with pytest.raises(RuntimeError, match="already running"):
+        make_engine("vllm", model, tok, dtype="float32", options=KV)
+    assert len(engine.generate([[1, 2, 3]], [SamplingParams(max_new_tokens=3)])[0].token_ids) == 3
+
+
 def test_inprocess_engine_has_no_child_process(engine):
     """The engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): nothing can be orphaned."""
     import psutil
@@ -257,7 +295,7 @@ OWNER = textwrap.dedent(
     model, tok = tiny_model(seed=0, hidden_size=128, num_heads=4)
     opts = {"mode": "server", "cpu_kvcache_gb": 1.0, "max_model_len": 512}
     eng = make_engine("vllm", model, tok, dtype="float32", max_batch_size=8, options=opts)
-    print("READY", eng.url, eng.proc.pid, flush=True)
+    print("READY", eng.url, eng.proc.pid, eng._tmp, flush=True)
     sys.stdin.read()  # until the test kills us
     """
 )
@@ -293,7 +331,7 @@ def test_server_mode_end_to_end_and_dies_with_its_owner(tiny128):
         while not line.startswith("READY"):
             line = owner.stdout.readline()
             assert line or owner.poll() is None, "the owner exited before the server was ready"
-        _, url, pgid = line.split()
+        _, url, pgid, owner_tmp = line.split()
         eng = make_engine("vllm", model, tok, options={"mode": "server", "url": url, "startup_timeout_s": 30})
         p = prompt_of(tok, "Once upon a time")
         outs = eng.generate(
@@ -346,3 +384,5 @@ def test_server_mode_end_to_end_and_dies_with_its_owner(tiny128):
             eng.close()
         if owner.poll() is None:
             owner.kill()
+        if line.startswith("READY"):  # a SIGKILLed owner cannot remove its temporary folder
+            shutil.rmtree(line.split()[-1], ignore_errors=True)

@@ -30,6 +30,7 @@ HAS_VLLM = importlib.util.find_spec("vllm") is not None
 class Replay(BaseHTTPRequestHandler):
     calls: list = []
     reloaded: set = set()  # tensor names in the safetensors file of the last /collective_rpc reload
+    tensors: dict = {}  # and the tensors
     dev_mode = True  # VLLM_SERVER_DEV_MODE=1: the /collective_rpc and /reset_prefix_cache routes exist
 
     def log_message(self, *args):  # quiet
@@ -62,7 +63,8 @@ class Replay(BaseHTTPRequestHandler):
         if (
             self.path == "/collective_rpc" and self.dev_mode
         ):  # read the folder as vLLM would, before answering
-            Replay.reloaded = set(load_file(Path(body["kwargs"]["weights_path"]) / "model.safetensors"))
+            Replay.tensors = load_file(Path(body["kwargs"]["weights_path"]) / "model.safetensors")
+            Replay.reloaded = set(Replay.tensors)
         if self.path in ("/collective_rpc", "/reset_prefix_cache") and self.dev_mode:
             return self._send(200, {})
         self._send(404, {"detail": "Not Found"})
@@ -131,6 +133,39 @@ def test_weight_sync_writes_every_tensor_then_reloads_and_resets_cache(tiny128, 
         with pytest.raises(ValueError, match="partial state dict"):
             eng.update_weights({"lm_head.weight": model.lm_head.weight})
         assert eng.weight_version == 1
+    finally:
+        eng.close()
+
+
+def test_lora_policy_is_synced_merged_under_base_names(server):
+    """With model.lora the engine gets the transformers module with peft's LoRA layers inside; vLLM
+    loads plain checkpoints, so the sync carries W + (alpha / r) B A under the base model's names."""
+    pytest.importorskip("peft", reason="peft not installed (pip install -e '.[scale]')")
+    import torch
+
+    from agentic_gcpo.config import LoRAConfig
+    from agentic_gcpo.train.lora import trained_module, wrap
+
+    base, tok = tiny_model(seed=0, hidden_size=128, num_heads=4)
+    plain = {k: v.clone() for k, v in base.state_dict().items()}
+    peft_model = wrap(base, LoRAConfig(enabled=True, r=4, alpha=8.0, target_modules=["q_proj"]))
+    module = trained_module(peft_model)
+    layer = module.model.layers[0].self_attn.q_proj
+    with torch.no_grad():  # a trained adapter: B != 0
+        layer.lora_B["default"].weight.normal_(0, 0.1)
+    expected = plain["model.layers.0.self_attn.q_proj.weight"] + 2.0 * (
+        layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    )
+    eng = attach(module, tok, server)
+    try:
+        eng.update_weights(None)
+        assert Replay.reloaded == set(plain)  # no lora_A / lora_B / base_layer names
+        got = Replay.tensors["model.layers.0.self_attn.q_proj.weight"]
+        assert torch.allclose(got, expected, atol=1e-6)
+        assert torch.equal(
+            Replay.tensors["model.layers.0.self_attn.k_proj.weight"],
+            plain["model.layers.0.self_attn.k_proj.weight"],
+        )
     finally:
         eng.close()
 

@@ -143,9 +143,12 @@ def to_completion(out: Any, what: str) -> Completion:
 
 
 def save_model_dir(model: Any, tokenizer: Any, path: Path, state_dict: dict[str, Any] | None = None) -> Path:
-    """The model as a transformers folder (config, safetensors, tokenizer) that vLLM can load."""
+    """The model as a transformers folder (config, safetensors, tokenizer) that vLLM can load; a LoRA
+    policy is saved merged (W + s B A under the base model's names), which is what vLLM loads."""
+    from agentic_gcpo.train.lora import merged_state_dict
+
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, state_dict=state_dict)
+    model.save_pretrained(path, state_dict=state_dict if state_dict is not None else merged_state_dict(model))
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path
@@ -170,9 +173,12 @@ def save_weights(
 
 
 def full_state_dict(model: Any, state_dict: dict[str, Any] | None) -> dict[str, Any]:
-    """The weights to push: the trainer module's own when None; a given dict must cover every tensor,
-    because vLLM's reload re-creates each layer and a missing tensor would leave it empty."""
-    own = model.state_dict()
+    """The weights to push: the trainer module's own when None (LoRA adapters merged, base names); a
+    given dict must cover every tensor, because vLLM's reload re-creates each layer and a missing tensor
+    would leave it empty."""
+    from agentic_gcpo.train.lora import merged_state_dict
+
+    own = merged_state_dict(model)
     if state_dict is None:
         return own
     missing = sorted(set(own) - set(state_dict))
@@ -193,9 +199,10 @@ def full_state_dict(model: Any, state_dict: dict[str, Any] | None) -> dict[str, 
 
 
 class VLLMEngine(Engine):
-    """vllm.LLM in this process. `options` is the engine.vllm section (VLLMConfig)."""
+    """vllm.LLM in this process. `options` is the engine.vllm section (VLLMConfig). One per process."""
 
     continuous = True
+    _live: VLLMEngine | None = None  # the running in-process engine (vLLM's state is per process)
 
     def __init__(
         self,
@@ -218,6 +225,13 @@ class VLLMEngine(Engine):
         self.on_cpu = device.type == "cpu"
         self.precision: Precision = resolve(dtype, device)
         check_head_size(model.config, self.on_cpu)
+        live = VLLMEngine._live
+        if live is not None and live.llm is not None:
+            raise RuntimeError(
+                "an in-process vLLM engine is already running in this process, and vLLM keeps its parallel "
+                "state per process (a second one, or closing it, breaks the first). Close the other engine "
+                "first, give the second model engine.vllm.mode: server, or use engine.backend: hf for it"
+            )
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache_mb > 0
         self.seed = seed
@@ -276,6 +290,7 @@ class VLLMEngine(Engine):
             random.setstate(rng[0])
             torch.random.set_rng_state(rng[1])
         self._engine = self.llm.llm_engine
+        VLLMEngine._live = self
         self.max_model_len = int(self._engine.model_config.max_model_len)
 
     # -- requests ---------------------------------------------------------------------------------
@@ -403,4 +418,6 @@ class VLLMEngine(Engine):
         self._keys.clear()
         self._ready.clear()
         self._shutdown()
+        if VLLMEngine._live is self:
+            VLLMEngine._live = None
         shutil.rmtree(self._dir, ignore_errors=True)
