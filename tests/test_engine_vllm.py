@@ -7,6 +7,7 @@ server-mode tests start a server each and are marked slow.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shutil
@@ -278,6 +279,43 @@ def test_agent_loop_ledger_through_vllm(engine, tiny128, sandbox, python_tools):
         ref = lp.gather(-1, ids[0, 1:, None])[:, 0]  # [T-1]: log p(token i+1 | tokens <= i)
         sampled = [i for i, s in enumerate(t.sources) if i > 0 and not math.isnan(t.sampler_logprobs[i])]
         assert sampled and max(abs(t.sampler_logprobs[i] - ref[i - 1].item()) for i in sampled) < 1e-4
+
+
+def test_multi_turn_tool_rollout_through_vllm(engine, tiny128, sandbox, python_tools):
+    """A copy of the model overfitted to one golden tool trajectory is pushed to the engine; the greedy
+    rollout then calls python, gets the real sandbox output as a tool turn, and answers: a multi-turn
+    ledger that passes every invariant and equals the in-process engine's token for token."""
+    from overfit import GOLDEN, QUESTION, overfit
+
+    from agentic_gcpo.data import Problem
+    from agentic_gcpo.rollout.agent_loop import AgentLoop, LoopLimits
+    from agentic_gcpo.rollout.chat import ChatFormat
+    from agentic_gcpo.rollout.golden import GoldenSource
+
+    model, tok = tiny128
+    chat = ChatFormat(tok, python_tools, "auto", None, 0)
+    problem = Problem("p", QUESTION, "7", "", GOLDEN)
+    golden = GoldenSource(chat, python_tools, sandbox).get(problem, 0)
+    taught = copy.deepcopy(model)
+    overfit(taught, golden.token_ids, golden.loss_mask)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    limits = LoopLimits(max_turns=3, max_new_tokens_per_turn=48, max_total_tokens=512, temperature=0.0)
+    try:
+        engine.update_weights(taught.state_dict())
+        loop = AgentLoop(engine, chat, python_tools, sandbox, limits)
+        (t,) = loop.run([problem], 1)
+        loop.close()
+    finally:
+        engine.update_weights(original)
+    t.check()
+    assert t.num_turns == 2 and [c.observation.strip() for c in t.tool_calls] == ["7"], t.turn_texts
+    assert t.token_ids == golden.token_ids
+    hf_loop = AgentLoop(make_engine("hf", taught, tok, dtype="float32"), chat, python_tools, sandbox, limits)
+    (h,) = hf_loop.run([problem], 1)
+    hf_loop.close()
+    assert h.token_ids == t.token_ids and h.sources == t.sources
+    drawn = [i for i, s in enumerate(t.sources) if not math.isnan(t.sampler_logprobs[i])]
+    assert max(abs(t.sampler_logprobs[i] - h.sampler_logprobs[i]) for i in drawn) < 1e-4
 
 
 def test_head_size_without_cpu_kernel_is_refused():

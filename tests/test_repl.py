@@ -16,17 +16,12 @@ import sys
 import time
 
 import pytest
-import torch
+from overfit import GOLDEN, QUESTION, overfit
 
 from agentic_gcpo.data import Problem
 
 pexpect = pytest.importorskip("pexpect")
 
-QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
-GOLDEN = [
-    {"role": "assistant", "content": "```python\nx = 3 + 4\nprint(x)\n```\n"},
-    {"role": "assistant", "content": "The answer is \\boxed{7}."},
-]
 PROMPT = "gcpo>"  # prompt_toolkit draws the space as a cursor move
 
 
@@ -44,36 +39,18 @@ def tool_model(tmp_path_factory, sandbox, python_tools):
     problem = Problem("p", QUESTION, "7", "", GOLDEN)
     golden = GoldenSource(chat, python_tools, sandbox).get(problem, 0)
     assert golden is not None and golden.tool_calls[0].observation.strip() == "7"
-    ids = torch.tensor([golden.token_ids])
-    mask = torch.tensor(golden.loss_mask[1:]).bool()  # position i predicts token i + 1
-    pos, target = torch.nonzero(mask).squeeze(-1), ids[0, 1:][mask]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on a busy 2-core machine, one thread is ~10x faster for this size
-    try:
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        model.train()
-        for _ in range(300):
-            logits = model.lm_head(model.model(input_ids=ids).last_hidden_state[0, pos])
-            loss = torch.nn.functional.cross_entropy(logits, target)
-            if bool((logits.argmax(-1) == target).all()) and loss.item() < 0.3:
-                break
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.eval()
-        # the fixture's own check, so a failure here is not mistaken for a REPL bug
-        loop = AgentLoop(
-            make_engine("hf", model, tok, dtype="float32"),
-            chat,
-            python_tools,
-            sandbox,
-            LoopLimits(temperature=0.0),
-        )
-        replay = loop.run([problem], 1)[0]
-        loop.close()
-    finally:
-        torch.set_num_threads(threads)
-    assert replay.token_ids == golden.token_ids, f"overfitting did not take (loss {loss.item():.3f})"
+    loss = overfit(model, golden.token_ids, golden.loss_mask)
+    # the fixture's own check, so a failure here is not mistaken for a REPL bug
+    loop = AgentLoop(
+        make_engine("hf", model, tok, dtype="float32"),
+        chat,
+        python_tools,
+        sandbox,
+        LoopLimits(temperature=0.0),
+    )
+    replay = loop.run([problem], 1)[0]
+    loop.close()
+    assert replay.token_ids == golden.token_ids, f"overfitting did not take (loss {loss:.3f})"
     out = tmp_path_factory.mktemp("tool_model")
     model.save_pretrained(out / "model")
     tok.save_pretrained(out / "model")
