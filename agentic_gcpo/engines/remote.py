@@ -35,7 +35,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,25 @@ def post(url: str, body: Any = None, **kw: Any) -> Any:
 def get(url: str, **kw: Any) -> Any:
     """`request("GET", url, **kw)`."""
     return request("GET", url, **kw)
+
+
+def poll_futures(
+    inflight: dict[Hashable, Future], wait_s: float, on_done: Callable[[Hashable], None] | None = None
+) -> list[tuple[Hashable, Any]]:
+    """The finished requests of `inflight` (key -> Future of one HTTP request), removed from it,
+    after waiting at most `wait_s` for the first: `Engine.poll` for engines whose server batches the
+    requests it receives. A failed request raises here, with the message its request gave."""
+    if not inflight:
+        return []
+    wait(list(inflight.values()), timeout=wait_s, return_when=FIRST_COMPLETED)
+    out = []
+    for key, fut in list(inflight.items()):
+        if fut.done():
+            del inflight[key]
+            if on_done is not None:
+                on_done(key)
+            out.append((key, fut.result()))
+    return out
 
 
 def wait_ready(

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Hashable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from agentic_gcpo.engines.remote import (
     RequestRejected,
     ServerProcess,
     free_port,
+    poll_futures,
     request,
     wait_ready,
 )
@@ -231,16 +232,8 @@ class SGLangEngine(Engine):
         self._rids[key] = (url, rid)
 
     def poll(self, wait_s: float = 0.05) -> list[tuple[Hashable, Completion]]:
-        if not self._inflight:
-            return []
-        wait(list(self._inflight.values()), timeout=wait_s, return_when=FIRST_COMPLETED)
-        out = []
-        for key, fut in list(self._inflight.items()):
-            if fut.done():
-                del self._inflight[key]
-                self._rids.pop(key, None)
-                out.append((key, fut.result()))  # a failed request raises here, naming its key and URL
-        return out
+        # a failed request raises here, naming its key and URL
+        return poll_futures(self._inflight, wait_s, on_done=lambda key: self._rids.pop(key, None))
 
     def outstanding(self) -> int:
         return len(self._inflight)

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Hashable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from agentic_gcpo.engines.remote import (
     RequestRejected,
     ServerProcess,
     free_port,
+    poll_futures,
     request,
     wait_ready,
 )
@@ -260,15 +261,7 @@ class VLLMServerEngine(Engine):
         self._inflight[key] = self._pool.submit(self._one, prompt, params, repr(key))
 
     def poll(self, wait_s: float = 0.05) -> list[tuple[Hashable, Completion]]:
-        if not self._inflight:
-            return []
-        wait(list(self._inflight.values()), timeout=wait_s, return_when=FIRST_COMPLETED)
-        out = []
-        for key, fut in list(self._inflight.items()):
-            if fut.done():
-                del self._inflight[key]
-                out.append((key, fut.result()))  # a failed request raises here, naming its key
-        return out
+        return poll_futures(self._inflight, wait_s)  # a failed request raises here, naming its key
 
     def outstanding(self) -> int:
         return len(self._inflight)
