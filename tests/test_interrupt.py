@@ -455,6 +455,7 @@ def test_backward_is_interruptible_between_parameters(tmp_path):
         """
 import os, signal, threading, time, torch
 from agentic_gcpo.train.policy import interruptible_backward
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
 torch.manual_seed(0)
 torch.set_num_threads(2)
 net = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(24)])

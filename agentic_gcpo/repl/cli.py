@@ -7,6 +7,7 @@ loaded) print one line and return 2.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from agentic_gcpo.repl.style import Style, colour_default
@@ -28,6 +29,9 @@ def _repl(args: argparse.Namespace) -> int:
     from agentic_gcpo.repl.session import Session, SessionError, resolve_model
     from agentic_gcpo.tool_registry import ToolLoadError
 
+    # Ctrl-C is how a person stops a generation. A shell that starts us in the background leaves
+    # SIGINT ignored, and Python then never raises KeyboardInterrupt: take it back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     session = None
     try:
         run_cfg = resolve_model(args.model)[1] if args.model else None
