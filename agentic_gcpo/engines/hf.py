@@ -24,7 +24,6 @@ trainer's module, so after an optimizer step the weights are already current and
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import random
 from collections.abc import Hashable
@@ -34,7 +33,14 @@ from typing import Any
 import torch
 
 from agentic_gcpo.engines.base import Completion, Engine, SamplingParams
-from agentic_gcpo.engines.kv_cache import CacheEntry, PrefixCache, growing_cache, merge_caches, trim_left
+from agentic_gcpo.engines.kv_cache import (
+    CacheEntry,
+    PrefixCache,
+    cache_kw,
+    growing_cache,
+    merge_caches,
+    trim_left,
+)
 from agentic_gcpo.precision import resolve
 
 logger = logging.getLogger(__name__)
@@ -102,8 +108,7 @@ class HFEngine(Engine):
         self.weight_version = 0
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.cache = PrefixCache(prefix_cache_mb * 2**20)
-        params = inspect.signature(self.sampler.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = cache_kw(self.sampler.base_model)  # _forward calls the base model
         # Continuous batching state: requests not yet admitted, the batch being decoded,
         # completions that `generate` collected on behalf of someone else's `poll`.
         self._waiting: list[_Row] = []
@@ -325,8 +330,7 @@ class HFEngine(Engine):
     def _forward(
         self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, past: Any
     ) -> tuple[Any, torch.Tensor]:
-        """One model call -> (KV cache, last-position logits [n, V] fp32). transformers renamed
-        `past_key_values` to `cache` within 5.x; use whichever the installed version takes.
+        """One model call -> (KV cache, last-position logits [n, V] fp32).
 
         The vocabulary projection runs on the last position only, made contiguous first: a prefill's
         last hidden states are a strided view of [n, S, H], and oneDNN's bf16 matmul on a strided input

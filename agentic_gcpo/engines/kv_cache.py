@@ -24,11 +24,18 @@ the byte budget is exceeded. The cache must be cleared whenever the weights chan
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
+
+
+def cache_kw(module: torch.nn.Module) -> str:
+    """The name `module.forward` takes its KV cache by: transformers renamed `past_key_values` to
+    `cache` within 5.x (the argument and the output field)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 class GrowingLayer(DynamicLayer):

@@ -7,13 +7,12 @@ computes the training log-probs.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from agentic_gcpo.engines.kv_cache import growing_cache
+from agentic_gcpo.engines.kv_cache import cache_kw, growing_cache
 from agentic_gcpo.ledger import Trajectory
 
 
@@ -122,11 +121,6 @@ def _amp(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def _cache_kw(module: torch.nn.Module) -> str:
-    """transformers renamed `past_key_values` to `cache` within 5.x (argument and output field)."""
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-
-
 class SharedPrefixes:
     """The prompts of one optimizer step's sequences, each forwarded once.
 
@@ -180,7 +174,7 @@ class SharedPrefixes:
         pos = torch.arange(ids.shape[1], device=device).expand_as(ids)
         with _amp(device, bf16):
             out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        cache = getattr(out, _cache_kw(model.base_model))
+        cache = getattr(out, cache_kw(model.base_model))
         self._out = [x for layer in cache.layers for x in (layer.keys, layer.values)]
         grad = torch.is_grad_enabled()
         self._leaves = [_at_least_fp32(x.detach()).requires_grad_(grad) for x in self._out]
@@ -203,7 +197,7 @@ class SharedPrefixes:
                 attention_mask=attn,
                 position_ids=pos,
                 use_cache=True,
-                **{_cache_kw(model.base_model): past},
+                **{cache_kw(model.base_model): past},
             )
         inv_t = 1.0 / temperature if temperature > 0 else 1.0
         return _selected_logprobs(
