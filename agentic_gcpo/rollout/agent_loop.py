@@ -135,7 +135,7 @@ class AgentLoop:
                             tools[i] = self._pool.submit(self._call_all, episodes[i])
                 elif tools:  # nothing to decode until a tool result is back
                     wait(tools.values(), return_when=FIRST_COMPLETED if eng.continuous else ALL_COMPLETED)
-                elif not eng.outstanding():
+                else:  # nothing queued, decoding or calling tools: every episode is DONE
                     return
         except BaseException:  # Ctrl-C, an engine error: queued calls must not start; re-raised
             for f in tools.values():
