@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 
 from agentic_gcpo.data import load_problems
-from agentic_gcpo.data.arith import SIZES, generate, shipped_text, split_of, to_jsonl
+from agentic_gcpo.data.arith import SIZES, VAL_SIZE, generate, shipped_text, split_of, to_jsonl, validation
 from agentic_gcpo.data.arith_templates import TEMPLATES, Story, n
 from agentic_gcpo.data.cli import main as data_main
 from agentic_gcpo.rollout.chat import ChatFormat
@@ -29,7 +29,7 @@ def _signature(row: dict) -> tuple[str, ...]:
 
 def test_shipped_files_are_what_the_generator_makes():
     # Regenerate with `agentic-gcpo data arith --write` when a template changes.
-    for split, size in SIZES.items():
+    for split, size in [*SIZES.items(), ("val", VAL_SIZE)]:
         text = resolve_data_path(f"builtin:arith_{split}").read_text(encoding="utf-8")
         assert text == shipped_text(split), (
             f"arith_{split}.jsonl is stale: run agentic-gcpo data arith --write"
@@ -57,6 +57,18 @@ def test_splits_are_disjoint_for_any_seed_and_size():
     # Within one file no problem repeats.
     first = generate("train", SIZES["train"])
     assert len({_signature(r) for r in first}) == len(first)
+
+
+def test_validation_rows_are_in_neither_shipped_file():
+    val = validation()
+    train, test = generate("train", SIZES["train"]), generate("test", SIZES["test"])
+    sig = {_signature(r) for r in val}
+    assert len(sig) == VAL_SIZE  # no repeats within it
+    assert not sig & {_signature(r) for r in train}
+    assert not sig & {_signature(r) for r in test}
+    assert len({r["id"] for r in val + train + test}) == VAL_SIZE + SIZES["train"] + SIZES["test"]
+    assert Counter(r["ops"] for r in val) == {k: VAL_SIZE // 4 for k in (1, 2, 3, 4)}
+    assert validation(40) == val[:40]
 
 
 def test_split_is_a_pure_function_of_the_canonical_form():

@@ -13,6 +13,9 @@ whatever the seed or size, and re-wording it (names, goods, distractor) does not
 
 `builtin:arith_train` / `builtin:arith_test` are `generate(split, SIZES[split], seed=0)`, written by
 `agentic-gcpo data arith --write` (or `python -m agentic_gcpo.data.arith --write`).
+`builtin:arith_val` (`validation()`) is the next VAL_SIZE train-partition rows of the same stream:
+problems no shipped training row holds and no test row can hold, for choosing a learning rate or a
+recipe without looking at the test split.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from agentic_gcpo.data.arith_templates import (
 
 SIZES = {"train": 2000, "test": 500}  # rows in the shipped files
 TEST_PERCENT = 20  # share of canonical forms that belong to the test split
+VAL_SIZE = 300  # rows of builtin:arith_val
 SHIPPED_SEED = 0
 DISTRACTOR_P = 0.5  # chance that a problem carries an irrelevant number
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -109,15 +113,28 @@ def to_jsonl(rows: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
 
+def validation(size: int = VAL_SIZE) -> list[dict[str, Any]]:
+    """Validation rows: the train-partition problems drawn right after the shipped training rows.
+
+    A larger size is a prefix of the same stream, so these rows are distinct from every shipped
+    training row (the generator drops repeats) and, being of the train partition, from every test row.
+    """
+    n = SIZES["train"]
+    rows = generate("train", n + size, SHIPPED_SEED)[n:]
+    return [row | {"id": f"arith-val-{i:04d}"} for i, row in enumerate(rows)]
+
+
 def shipped_text(split: str) -> str:
-    """The exact content of the shipped `arith_<split>.jsonl`."""
+    """The exact content of the shipped `arith_<split>.jsonl` (split: train, val or test)."""
+    if split == "val":
+        return to_jsonl(validation())
     return to_jsonl(generate(split, SIZES[split], SHIPPED_SEED))
 
 
 def write_builtin(assets: Path = ASSETS) -> list[Path]:
-    """(Re)write `builtin:arith_train` and `builtin:arith_test`; returns the paths written."""
+    """(Re)write `builtin:arith_{train,val,test}`; returns the paths written."""
     paths = []
-    for split in SIZES:
+    for split in ("train", "val", "test"):
         path = assets / f"arith_{split}.jsonl"
         path.write_text(shipped_text(split), encoding="utf-8")
         paths.append(path)

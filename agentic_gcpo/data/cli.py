@@ -2,7 +2,7 @@
 
 agentic-gcpo data arith --split test --size 5     # JSONL on stdout
 agentic-gcpo data arith --split train --size 300 --seed 3 --out my_train.jsonl
-agentic-gcpo data arith --write                    # regenerate builtin:arith_train / arith_test
+agentic-gcpo data arith --write                    # regenerate builtin:arith_train / arith_val / arith_test
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _build(p: argparse.ArgumentParser) -> None:
     a.add_argument("--seed", type=int, default=None, help="draw seed (default 0, the shipped files')")
     a.add_argument("--out", help="write JSONL here instead of stdout")
     a.add_argument(
-        "--write", action="store_true", help="regenerate agentic_gcpo/assets/arith_{train,test}.jsonl"
+        "--write", action="store_true", help="regenerate agentic_gcpo/assets/arith_{train,val,test}.jsonl"
     )
     a.set_defaults(fn=_arith)
 
