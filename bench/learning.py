@@ -21,7 +21,8 @@ Budget = trained sequence passes. An RL arm trains steps x prompts_per_step x gr
 (each rollout sequence is generated once, trained `epochs` times). `sft` trains the same number of
 golden sequence passes (sft.limit = budget / --sft-epochs problems, batches of 8, warmup 1, cosine).
 `sft+gcpo` splits it: --sft-share (0.5) of the passes go to its SFT stage, then GCPO runs
-round((1 - share) x steps) steps. SFT passes generate nothing, so SFT arms use less wall-clock
+round((1 - share) x steps) steps at --rl-lr (1e-5: at --lr's 1e-4 the RL updates after SFT turned
+the policy's output into text that never ends and lost its tool calls; docs/notes.md). SFT passes generate nothing, so SFT arms use less wall-clock
 at equal passes: each arm's wall time, generated tokens and passes are recorded and printed, so
 the budgets actually used are visible.
 
@@ -34,7 +35,7 @@ eval set) come on top and are timed separately.
 All arms at the default budget: roughly 8 x 15 min of training plus 9 policies x 2 sets x 300
 greedy final evals; `--arms` and `--final-limit` cut it down.
 
-Curves: the trainer's periodic eval (greedy, --eval-limit problems of arith_test every
+Curves: the trainer's periodic eval (greedy, --eval-limit problems of arith_val every
 --eval-every updates; SFTRun evaluates only before and after), x = sequence passes trained. Final: `evaluate()` on the first
 --final-limit problems of each `--eval-sets` set: `arith` (builtin:arith_test, disjoint from
 arith_train) and `gsm8k` (GSM8K test, ../shared/data/gsm8k/test.jsonl), pass@1 with a 95 % Wilson
@@ -110,7 +111,7 @@ def config(args: argparse.Namespace, name: str, extra: list[str]):
         f"rollout.group_size={args.group_size}",
         f"train.lr={args.lr}",
         "prompt.fewshot=0",
-        f"eval.path={EVAL_SETS['arith']}",
+        "eval.path=builtin:arith_val",  # curves on the validation split; the test split is for the final eval
         f"eval.limit={args.eval_limit}",
         f"eval.every={args.eval_every}",
         "log.progress=false",
@@ -187,7 +188,11 @@ def train_arm(name: str, args: argparse.Namespace, arm: dict) -> Path:
     if kind == "sft":
         return ckpt
     steps = max(1, round((1 - share) * base.train.steps))
-    rl_cfg = config(args, name, [f"model.path={ckpt}", f"train.steps={steps}", "run.name=sft-gcpo-rl"])
+    rl_cfg = config(
+        args,
+        name,
+        [f"model.path={ckpt}", f"train.steps={steps}", "run.name=sft-gcpo-rl", f"train.lr={args.rl_lr}"],
+    )
     return run_rl(rl_cfg, arm, x0=arm["budget"]["trained_seq_passes"])
 
 
@@ -345,7 +350,7 @@ def plot(res: dict, path: Path) -> None:
         ax[1].plot([p["x"] for p in c], [p["tool_call_rate"] for p in c], **kw)
     ev = res["args"]["eval_limit"]
     ax[0].set(
-        title=f"arith_test accuracy, first {ev} (greedy)", xlabel="sequence passes trained", ylim=(0, 1.02)
+        title=f"arith_val accuracy, first {ev} (greedy)", xlabel="sequence passes trained", ylim=(0, 1.02)
     )
     ax[1].set(
         title="held-out trajectories with a tool call", xlabel="sequence passes trained", ylim=(0, 1.02)
@@ -399,6 +404,12 @@ def main() -> int:
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--epochs", type=int, default=1, help="train.epochs of the RL arms (ratio pair: >= 2)")
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument(
+        "--rl-lr",
+        type=float,
+        default=1e-5,
+        help="lr of sft+gcpo's RL stage (1e-4 after SFT destroyed tool use; chosen on arith_val)",
+    )
     p.add_argument("--sft-epochs", type=int, default=2)
     p.add_argument("--sft-share", type=float, default=0.5, help="budget share of sft+gcpo's SFT stage")
     p.add_argument("--eval-every", type=int, default=4, help="periodic (curve) eval every N updates")

@@ -18,6 +18,11 @@ Everything below runs in one process on the machine at hand, so the ratios compa
 4. `matmul limit`: the dtype's measured GEMM throughput on this CPU at this model's shapes, and
    the FLOPs the loop achieved (2 x parameters per generated token, attention ignored) against it.
 
+`--repeats N` runs 1 and 3 N times, interleaved (sync loop, continuous loop, plain generate, then
+again), and reports each repeat's ratios and their median: on a small shared VM the rate drifts by
+~10 % between minutes, and pairing each loop run with a plain run taken right after it keeps that
+drift out of the ratio.
+
 Prints the CPU model and flags, the chosen dtype and why, and the ratios; `--json` writes them.
 """
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -57,10 +63,8 @@ def matmul_flops(dtype: torch.dtype, hidden: int, inner: int, rows: int = 512, s
     return 2 * rows * hidden * inner * n / (time.perf_counter() - t0)
 
 
-def plain_generate(model, tok, prompts, max_new, temperature, eos_ids, pad_id, dtype) -> tuple[int, float]:
+def plain_generate(m, tok, prompts, max_new, temperature, eos_ids, pad_id) -> tuple[int, float]:
     """transformers' generate on left-padded prompts; returns (useful tokens, seconds)."""
-    m = model if next(model.parameters()).dtype == dtype else copy.deepcopy(model).to(dtype)
-    m.eval()
     T = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
     attn = torch.zeros_like(ids)
@@ -100,6 +104,8 @@ def main() -> None:
     ap.add_argument("--fewshot", type=int, default=3)
     ap.add_argument("--data", default="builtin:gsm8k_train_500", help="problems file or builtin:NAME")
     ap.add_argument("--admit-every", type=int, default=8, help="engine: decode steps between admissions")
+    ap.add_argument("--compact-at", type=float, default=None, help="engine: finished share before compaction")
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved loop/plain pairs; median reported")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -117,40 +123,61 @@ def main() -> None:
 
     engine = make_engine("hf", model, tok, dtype=prec.dtype, max_batch_size=n_rows)
     engine.admit_every = args.admit_every
+    if args.compact_at is not None:
+        engine.compact_at = args.compact_at
     limits = LoopLimits(args.max_turns, args.max_new_tokens, 4096, args.temperature, 1.0, 8)
     sandbox = make_sandbox(SandboxConfig())
     loop = AgentLoop(engine, chat, tools, sandbox, limits)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    plain_model = model if next(model.parameters()).dtype == prec.torch_dtype else copy.deepcopy(model)
+    plain_model = plain_model.to(prec.torch_dtype).eval()
+    reps = []
     try:
         # warm-up: sandbox pool, oneDNN kernels, first-call allocations
         loop.run(problems[:1], 2, seed=123)
-        # The same loop, turn-synchronous (every turn waits for the round's slowest row and tool
-        # call before the next round starts): what continuous batching gains, measured here.
-        engine.update_weights(None)
-        engine.continuous = False
-        t0 = time.perf_counter()
-        sync_trajs = loop.run(problems, G, seed=0)
-        sync_s = time.perf_counter() - t0
-        engine.continuous = True
-        engine.update_weights(None)
-        t0 = time.perf_counter()
-        trajs = loop.run(problems, G, seed=0)
-        loop_s = time.perf_counter() - t0
+        for rep in range(args.repeats):
+            # The same loop, turn-synchronous (every turn waits for the round's slowest row and tool
+            # call before the next round starts): what continuous batching gains, measured here.
+            engine.update_weights(None)
+            engine.continuous = False
+            t0 = time.perf_counter()
+            sync_trajs = loop.run(problems, G, seed=0)
+            sync_s = time.perf_counter() - t0
+            engine.continuous = True
+            engine.update_weights(None)
+            t0 = time.perf_counter()
+            trajs = loop.run(problems, G, seed=0)
+            loop_s = time.perf_counter() - t0
+            plain_tokens, plain_s = plain_generate(
+                plain_model, tok, prompts, args.max_new_tokens, args.temperature, list(chat.eos_ids), pad
+            )
+            sync_tokens = sum(t.num_policy_tokens for t in sync_trajs)
+            loop_tokens = sum(t.num_policy_tokens for t in trajs)
+            r = dict(
+                loop_tok_s=loop_tokens / loop_s,
+                turn_sync_tok_s=sync_tokens / sync_s,
+                plain_tok_s=plain_tokens / plain_s,
+            )
+            r["loop_over_plain"] = r["loop_tok_s"] / r["plain_tok_s"]
+            r["turn_sync_over_plain"] = r["turn_sync_tok_s"] / r["plain_tok_s"]
+            reps.append(r)
+            print(
+                f"repeat {rep + 1}: loop {r['loop_tok_s']:.1f} tok/s ({loop_tokens} tokens), turn-sync "
+                f"{r['turn_sync_tok_s']:.1f} ({sync_tokens}), plain generate {r['plain_tok_s']:.1f} "
+                f"({plain_tokens}) -> loop/plain {r['loop_over_plain']:.2f}, sync/plain "
+                f"{r['turn_sync_over_plain']:.2f}",
+                flush=True,
+            )
     finally:
         loop.close()
         sandbox.close()
-    loop_tokens = sum(t.num_policy_tokens for t in trajs)
     calls = sum(len(t.tool_calls) for t in trajs)
     turns = sum(t.num_turns for t in trajs)
-    sync_tokens = sum(t.num_policy_tokens for t in sync_trajs)
-    print(
-        f"agent loop, turn-synchronous: {sync_tokens} sampled tokens in {sync_s:.1f} s = "
-        f"{sync_tokens / sync_s:.1f} tok/s; {sum(len(t.tool_calls) for t in sync_trajs)} tool calls"
-    )
     cache = engine.cache
     print(
-        f"agent loop: {loop_tokens} sampled tokens in {loop_s:.1f} s = {loop_tokens / loop_s:.1f} tok/s; "
-        f"{turns} turns, {calls} tool calls, {sum(bool(t.tool_calls) for t in trajs)}/{n_rows} "
-        f"trajectories with a call; prefix cache: {cache.hits} hits, {cache.reused_tokens} prefill tokens reused"
+        f"agent loop (last repeat): {turns} turns, {calls} tool calls, "
+        f"{sum(bool(t.tool_calls) for t in trajs)}/{n_rows} trajectories with a call; "
+        f"prefix cache: {cache.hits} hits, {cache.reused_tokens} prefill tokens reused"
     )
 
     params = [
@@ -163,39 +190,38 @@ def main() -> None:
     eng_s = time.perf_counter() - t0
     eng_tokens = sum(len(o.token_ids) for o in outs)
     print(f"engine, 1 turn: {eng_tokens} tokens in {eng_s:.1f} s = {eng_tokens / eng_s:.1f} tok/s")
-
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    plain_tokens, plain_s = plain_generate(
-        model, tok, prompts, args.max_new_tokens, args.temperature, list(chat.eos_ids), pad, prec.torch_dtype
-    )
-    print(f"plain generate: {plain_tokens} tokens in {plain_s:.1f} s = {plain_tokens / plain_s:.1f} tok/s")
+    med = {k: statistics.median(r[k] for r in reps) for k in reps[0]}
+    loop_rate = med["loop_tok_s"]
 
     cfg = model.config
     peak = matmul_flops(prec.torch_dtype, cfg.hidden_size, cfg.intermediate_size)
     n_params = sum(p.numel() for p in model.parameters())
-    achieved = 2 * n_params * loop_tokens / loop_s
+    achieved = 2 * n_params * loop_rate
     res = {
         "cpu": cpu_description(),
         "dtype": prec.dtype,
         "dtype_reason": prec.reason,
         "rows": n_rows,
-        "agent_loop_tok_s": loop_tokens / loop_s,
-        "agent_loop_turn_sync_tok_s": sync_tokens / sync_s,
+        "agent_loop_tok_s": loop_rate,
+        "agent_loop_turn_sync_tok_s": med["turn_sync_tok_s"],
         "admit_every": args.admit_every,
+        "compact_at": engine.compact_at,
         "engine_tok_s": eng_tokens / eng_s,
-        "plain_generate_tok_s": plain_tokens / plain_s,
+        "plain_generate_tok_s": med["plain_tok_s"],
+        "repeats": reps,
         "tool_calls": calls,
         "turns": turns,
         "prefix_cache_reused_tokens": cache.reused_tokens,
         "matmul_gflops": peak / 1e9,
         "loop_gflops": achieved / 1e9,
     }
-    res["loop_over_plain"] = res["agent_loop_tok_s"] / res["plain_generate_tok_s"]
+    res["loop_over_plain"] = med["loop_over_plain"]  # median of the paired ratios
     res["engine_over_plain"] = res["engine_tok_s"] / res["plain_generate_tok_s"]
-    res["turn_sync_over_plain"] = res["agent_loop_turn_sync_tok_s"] / res["plain_generate_tok_s"]
+    res["turn_sync_over_plain"] = med["turn_sync_over_plain"]
     res["loop_over_matmul_limit"] = achieved / peak
     print(
-        f"\nagent loop / plain generate = {res['loop_over_plain']:.2f}   (target >= 0.9)\n"
+        f"\nmedians over {len(reps)} repeat(s) of the paired ratios:\n"
+        f"agent loop / plain generate = {res['loop_over_plain']:.2f}   (target >= 0.9)\n"
         f"turn-synchronous / plain    = {res['turn_sync_over_plain']:.2f}\n"
         f"engine / plain generate     = {res['engine_over_plain']:.2f}\n"
         f"agent loop / matmul limit   = {res['loop_over_matmul_limit']:.3f}  "

@@ -301,6 +301,35 @@ def test_more_requests_than_batch_slots_are_admitted_as_rows_finish(tiny):
     assert eng.outstanding() == 0
 
 
+def test_finished_rows_keep_their_slot_until_compaction_without_changing_any_row(tiny):
+    """Rows finishing at different steps: removed at once (compact_at 0), kept as masked slots until
+    a quarter has finished (the default), or until the batch is done (1.0): the same ids and
+    logprobs as decoding each alone, and the KV kept for a next turn is the same."""
+    _, tok = tiny
+    prompts = [_ids(_prompt(tok, f"row {i}: " + "word " * (3 * i))) for i in range(4)]
+    params = [SamplingParams(4 + 3 * i, temperature=0.9, seed=i) for i in range(4)]
+    alone = [_engine(tiny).generate([p], [sp])[0] for p, sp in zip(prompts, params)]
+    for compact_at in (0.0, 0.25, 1.0):
+        eng = _engine(tiny)
+        eng.compact_at = compact_at
+        for i, (p, sp) in enumerate(zip(prompts, params)):
+            eng.submit(i, p, sp)
+        done, slots = {}, []
+        while eng.outstanding():
+            done.update(eng.poll())
+            slots.append(len(eng._run.rows) if eng._run else 0)
+        assert [done[i].token_ids for i in range(4)] == [a.token_ids for a in alone]
+        for i in range(4):
+            assert torch.allclose(torch.tensor(done[i].logprobs), torch.tensor(alone[i].logprobs), atol=1e-5)
+        # 0: a slot goes as its row finishes; 1.0: all four stay until the last row is done
+        assert max(slots[:-1]) == 4 and (min(slots[:-1]) == 4) == (compact_at == 1.0), (compact_at, slots)
+        # the next turn of the first row to finish reuses the KV its slot held when it finished
+        cont = prompts[0] + done[0].token_ids + _ids(tok(" and?", add_special_tokens=False))
+        again = eng.generate([cont], [SamplingParams(5, temperature=0)])[0]
+        fresh = _engine(tiny).generate([cont], [SamplingParams(5, temperature=0)])[0]
+        assert eng.cache.hits >= 1 and again.token_ids == fresh.token_ids
+
+
 def test_generate_keeps_completions_of_requests_submitted_before_it(tiny):
     _, tok = tiny
     eng = _engine(tiny)

@@ -62,11 +62,31 @@ class _Row:
 class _Batch:
     """The rows decoding together, left padded to one KV length n."""
 
-    rows: list[_Row]
+    rows: list[_Row | None]  # None: a finished row whose slot is not compacted away yet
     past: Any  # DynamicCache of GrowingLayers, per layer [B, H, n, D]
     attn: torch.Tensor  # [B, n] 1 where the row has a real token
     next_pos: torch.Tensor  # [B] position id of each row's next token
     logits: torch.Tensor  # [B, V] fp32, each row's next-token distribution (not yet sampled)
+
+    @property
+    def live(self) -> int:
+        return sum(r is not None for r in self.rows)
+
+    def compact(self) -> None:
+        """Drop finished rows' slots from every tensor and the KV cache (one copy of the cache)."""
+        keep = [i for i, r in enumerate(self.rows) if r is not None]
+        if len(keep) == len(self.rows):
+            return
+        idx = torch.tensor(keep, device=self.attn.device)
+        self.attn, self.next_pos, self.logits = self.attn[idx], self.next_pos[idx], self.logits[idx]
+        # Columns that only finished rows used (left padding of all that remain) are cut first,
+        # as views, so the row selection below copies less.
+        lead = int(self.attn.any(0).int().argmax())
+        if lead:
+            trim_left(self.past, lead)
+            self.attn = self.attn[:, lead:]
+        self.past.batch_select_indices(idx)
+        self.rows = [self.rows[i] for i in keep]
 
     @staticmethod
     def merge(a: _Batch, b: _Batch, room: int) -> _Batch:
@@ -95,6 +115,7 @@ class HFEngine(Engine):
         prefix_cache_mb: int = 2048,
         admit_every: int = 8,
         separate_weights: bool = False,
+        compact_at: float = 0.25,
     ) -> None:
         super().__init__()
         self.model = model  # the trainer's module (fp32 master weights when training)
@@ -120,6 +141,10 @@ class HFEngine(Engine):
         # Admitting copies the running batch's KV cache into a wider buffer, so requests that
         # arrive mid-decode wait up to this many steps and are admitted together.
         self.admit_every = admit_every
+        # A finished row keeps its slot (decoding a masked pad) until this share of the batch has
+        # finished: removing a row copies every other row's KV cache, so rows that finish a few steps
+        # apart are removed in one copy instead of one each. 0 removes every finished row at once.
+        self.compact_at = compact_at
 
     @staticmethod
     def _sampling_module(model: Any, dtype: torch.dtype, separate: bool = False) -> Any:
@@ -153,7 +178,7 @@ class HFEngine(Engine):
         self._waiting.append(_Row(key, list(prompt), params, random.Random(seed)))
 
     def outstanding(self) -> int:
-        return len(self._waiting) + len(self._ready) + (len(self._run.rows) if self._run else 0)
+        return len(self._waiting) + len(self._ready) + (self._run.live if self._run else 0)
 
     def cancel_all(self) -> None:
         """Forget every submitted request (an interrupted rollout must not leak into the next one)."""
@@ -177,7 +202,7 @@ class HFEngine(Engine):
         try:
             with torch.no_grad():
                 due = self._run is None or self._since_admit >= self.admit_every
-                if self._waiting and due and len(self._run.rows if self._run else ()) < self.max_batch_size:
+                if self._waiting and due and (self._run.live if self._run else 0) < self.max_batch_size:
                     self._admit()
                 return done + self._decode_step()
         except BaseException:  # Ctrl-C mid-step leaves the batch half-updated: drop it whole
@@ -213,6 +238,8 @@ class HFEngine(Engine):
     def _admit(self) -> None:
         """Prefill waiting requests (up to the free batch slots) and add them to the running batch."""
         device = next(self.sampler.parameters()).device
+        if self._run is not None:
+            self._run.compact()  # the merge below copies the cache anyway; finished slots go first
         running = self._run.rows if self._run else []
         free = self.max_batch_size - len(running)
         take, self._waiting = self._waiting[:free], self._waiting[free:]
@@ -236,13 +263,16 @@ class HFEngine(Engine):
         run = self._run
         assert run is not None
         device = run.logits.device
-        new_tok, new_lp = sample_batch(run.logits, [r.params for r in run.rows], [r.rng for r in run.rows])
+        live = [i for i, r in enumerate(run.rows) if r is not None]
+        rows: list[_Row] = [run.rows[i] for i in live]  # type: ignore[misc]
+        logits = run.logits if len(live) == len(run.rows) else run.logits[live]  # [live, V]
+        new_tok, new_lp = sample_batch(logits, [r.params for r in rows], [r.rng for r in rows])
         finished: list[tuple[Hashable, Completion]] = []
-        keep: list[int] = []
-        for i, row in enumerate(run.rows):
-            p, tok = row.params, new_tok[i]
+        feed = [self.pad_id] * len(run.rows)  # a finished slot reads a pad it cannot attend to
+        for i, row, tok, lp in zip(live, rows, new_tok, new_lp):
+            p = row.params
             row.toks.append(tok)
-            row.lps.append(new_lp[i])
+            row.lps.append(lp)
             if p.on_token is not None:
                 p.on_token(tok)
             fin = None
@@ -259,24 +289,20 @@ class HFEngine(Engine):
                 finished.append((row.key, fin))
                 # the cache holds every token fed so far: the prompt and all sampled but the last
                 self._keep(run.past, i, run.attn[i], row.prompt + row.toks[:-1])
+                run.rows[i] = None
             else:
-                keep.append(i)
-        if not keep:
+                feed[i] = tok
+        n_live = run.live
+        if not n_live:
             self._run = None
             return finished
-        step_tok = torch.tensor(new_tok, dtype=torch.long, device=device)
-        if len(keep) < len(run.rows):  # drop finished rows from every tensor and the KV cache
-            idx = torch.tensor(keep, device=device)
-            run.attn, run.next_pos, step_tok = run.attn[idx], run.next_pos[idx], step_tok[idx]
-            # Columns that only finished rows used (left padding of all that remain) are cut first,
-            # as views, so the row selection below copies less.
-            lead = int(run.attn.any(0).int().argmax())
-            if lead:
-                trim_left(run.past, lead)
-                run.attn = run.attn[:, lead:]
-            run.past.batch_select_indices(idx)
-            run.rows = [run.rows[i] for i in keep]
-        run.attn = torch.cat([run.attn, torch.ones((len(keep), 1), dtype=run.attn.dtype, device=device)], 1)
+        if len(run.rows) - n_live > self.compact_at * len(run.rows):
+            keep = torch.tensor([r is not None for r in run.rows], device=device)
+            feed = [t for t, k in zip(feed, keep.tolist()) if k]
+            run.compact()
+        step_tok = torch.tensor(feed, dtype=torch.long, device=device)
+        col = torch.tensor([[r is not None] for r in run.rows], dtype=run.attn.dtype, device=device)
+        run.attn = torch.cat([run.attn, col], 1)  # [B, n + 1]: finished slots do not see their pad
         run.past, run.logits = self._forward(
             step_tok.view(-1, 1), run.attn, run.next_pos.view(-1, 1), run.past
         )
