@@ -38,6 +38,12 @@ def rollout_metrics(trajs: list[Trajectory]) -> dict[str, float]:
         "response/total_tokens_mean": sum(len(t.token_ids) - t.prompt_len for t in rs) / n,
         "response/turns_mean": sum(t.num_turns for t in rs) / n,
     }
+    # -log p of each sampled token under the distribution it was drawn from: its mean estimates the
+    # sampler's entropy per token, for free. A climb is the first sign of a too-large step turning
+    # the policy's text into noise (turns that run to their token limit follow).
+    nll = [-lp for t in rs for lp, s in zip(t.sampler_logprobs, t.loss_mask) if s and not math.isnan(lp)]
+    if nll:
+        m["response/sampled_nll"] = sum(nll) / len(nll)
     statuses = Counter(c.status for c in all_calls)
     for s in ("malformed", "unknown_tool", "invalid_args", "tool_error"):
         m[f"tools/{s}"] = float(statuses.get(s, 0))

@@ -7,7 +7,9 @@ plus the paper's ablations, judged on >= 300 held-out problems per eval set.
         --group-size 2 --eval-every 1 --eval-limit 2 --final-limit 3 rollout.max_new_tokens_per_turn=16
 
 Arms (`--arms`, default all): `gcpo` (from the untouched model), `grpo`, `gpg`, `sft` (SFT only),
-`sft+gcpo` (SFT, then GCPO from its checkpoint), and the ablations `gcpo-noinject`
+`sft+gcpo` (SFT, then GCPO from its checkpoint), `gcpo-decay` (gcpo with the lr decayed to a
+tenth by a cosine: every constant-1e-4 GCPO run so far lost its tool use after ~8 updates to
+turns that never end), and the ablations `gcpo-noinject`
 (golden.enabled=false) and the ratio pair `gcpo-seq-ratio` / `gcpo-token-ratio`. With one
 optimizer step per rollout batch every ratio is 1, so the ratio pair both run `train.epochs`
 = max(2, --epochs) and differ only in `algorithm.ratio_level` (--ablation-steps sets their steps);
@@ -81,6 +83,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {  # name -> (kind, overrides)
     "gpg": ("rl", ["algorithm.name=gpg"]),
     "sft": ("sft", []),
     "sft+gcpo": ("sft+rl", ["algorithm.name=gcpo"]),
+    "gcpo-decay": ("rl", ["algorithm.name=gcpo", "train.lr_schedule=cosine", "train.min_lr_ratio=0.1"]),
     "gcpo-noinject": ("rl", ["algorithm.name=gcpo", "golden.enabled=false"]),
     "gcpo-seq-ratio": ("rl", ["algorithm.name=gcpo", "algorithm.ratio_level=sequence"]),
     "gcpo-token-ratio": ("rl", ["algorithm.name=gcpo", "algorithm.ratio_level=token"]),

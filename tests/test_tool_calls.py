@@ -214,7 +214,7 @@ def test_counters_reach_rollout_metrics():
                 reply = tok(script[q][k], add_special_tokens=False).input_ids + [
                     tok.convert_tokens_to_ids("<|im_end|>")
                 ]
-                out.append(Completion(reply, [0.0] * len(reply), "stop"))
+                out.append(Completion(reply, [-0.5] * len(reply), "stop"))
             return out
 
         def update_weights(self, state_dict=None):
@@ -236,6 +236,7 @@ def test_counters_reach_rollout_metrics():
     }
     m = rollout_metrics(trajs)
     assert m["tools/no_call_traj"] == 1.0
+    assert m["response/sampled_nll"] == 0.5  # every sampled token had logprob -0.5; tool tokens none
     assert (
         m["tools/malformed"],
         m["tools/unknown_tool"],
