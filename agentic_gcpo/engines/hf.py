@@ -391,25 +391,42 @@ def sample_batch(
     row's tokens depend on its seed alone, not on which other rows share the batch. The logprob is
     taken under the tempered softmax before top-p filtering (the convention SGLang uses); with
     top_p = 1 it is exactly the distribution sampled from, which is what importance ratios need.
+
+    Each full-vocabulary pass costs ~1-3 ms for 32 rows on a 2-core CPU, a sizeable share of a
+    decode step, so the sampling path makes three (softmax, cumulative sum, gather): no argmax unless
+    a row is greedy, and the logprob as log of the sampled token's probability (for a token that
+    can be drawn at all, that is log_softmax's value to float32 rounding).
     """
     B = logits.shape[0]
-    temps = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params], device=logits.device)
-    logp = torch.log_softmax(logits / temps[:, None], dim=-1)  # [B, V]
-    greedy = torch.tensor([p.temperature <= 0 for p in params], device=logits.device)
-    tok = torch.argmax(logits, dim=-1)  # [B]
-    if not bool(greedy.all()):
-        probs = logp.exp()  # [B, V] fp32: the cumulative sum's rounding is ~1e-5 of mass at most
-        top_p = torch.tensor([p.top_p for p in params], dtype=probs.dtype, device=logits.device)
-        order = None
-        if bool((top_p < 1.0).any()):  # keep the smallest set of tokens whose mass reaches top_p
-            probs, order = torch.sort(probs, dim=-1, descending=True)
-            probs = probs.masked_fill(torch.cumsum(probs, -1) - probs > top_p[:, None], 0.0)
-        cdf = torch.cumsum(probs, dim=-1)  # [B, V]
-        u = torch.tensor([r.random() for r in rngs], dtype=cdf.dtype, device=logits.device)
-        pick = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
-        pick = pick.clamp(max=cdf.shape[-1] - 1)
-        if order is not None:
-            pick = order.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
-        tok = torch.where(greedy, tok, pick)
-    lp = logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)  # [B]
-    return tok.tolist(), lp.tolist() if B else []
+    if B == 0:
+        return [], []
+    temps = [p.temperature if p.temperature > 0 else 1.0 for p in params]
+    scaled = (
+        logits
+        if all(t == 1.0 for t in temps)
+        else logits / torch.tensor(temps, device=logits.device)[:, None]
+    )
+    greedy = [p.temperature <= 0 for p in params]
+    if all(greedy):
+        tok = torch.argmax(logits, dim=-1)  # [B]
+        lp = torch.log_softmax(scaled, dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+        return tok.tolist(), lp.tolist()
+    probs = torch.softmax(
+        scaled, dim=-1
+    )  # [B, V] fp32: the cumulative sum's rounding is ~1e-5 of mass at most
+    kept, order = probs, None
+    top_p = [p.top_p for p in params]
+    if any(t < 1.0 for t in top_p):  # keep the smallest set of tokens whose mass reaches top_p
+        kept, order = torch.sort(probs, dim=-1, descending=True)
+        cut = torch.tensor(top_p, dtype=probs.dtype, device=logits.device)[:, None]
+        kept = kept.masked_fill(torch.cumsum(kept, -1) - kept > cut, 0.0)
+    cdf = torch.cumsum(kept, dim=-1)  # [B, V]
+    u = torch.tensor([r.random() for r in rngs], dtype=cdf.dtype, device=logits.device)
+    tok = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    tok = tok.clamp(max=cdf.shape[-1] - 1)
+    if order is not None:
+        tok = order.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+    if any(greedy):
+        tok = torch.where(torch.tensor(greedy, device=logits.device), torch.argmax(logits, dim=-1), tok)
+    lp = torch.log(probs.gather(-1, tok.unsqueeze(-1)).squeeze(-1))  # [B]
+    return tok.tolist(), lp.tolist()
