@@ -44,7 +44,9 @@ def _eval(args: argparse.Namespace) -> int:
             temperature=temperature,
             top_p=args.top_p,
         )
-        out = Path(args.out or f"runs/eval-{Path(args.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = Path(
+            args.out or f"runs/eval-{Path(args.data).stem.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
         print(f"evaluating {len(problems)} problems from {args.data} (k={args.k}); output: {out}", flush=True)
         result = evaluate(
             args.model,
@@ -101,7 +103,11 @@ def _plot(args: argparse.Namespace) -> int:
 def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="evaluate a model on a JSONL benchmark (pass@k, maj@k, tool use)")
     e.add_argument("--model", required=True, help="'embedded', 'tiny', or a transformers model directory")
-    e.add_argument("--data", required=True, help="JSONL file")
+    e.add_argument(
+        "--data",
+        required=True,
+        help="JSONL file, or builtin:NAME (arith_train, arith_val, arith_test, gsm8k_train_500, ...)",
+    )
     e.add_argument("--format", default="gsm8k", choices=FORMATS, help="row shape (default gsm8k)")
     e.add_argument(
         "--field", action="append", metavar="ROLE=KEY", help="remap a column, e.g. --field question=input"

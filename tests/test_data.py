@@ -52,6 +52,15 @@ def test_missing_and_empty_files(tmp_path):
         load_problems(empty)
 
 
+def test_builtin_names_load_and_unknown_ones_list_the_valid(tmp_path):
+    val = load_problems("builtin:arith_val", limit=3)
+    assert [p.id for p in val] == ["arith-val-0000", "arith-val-0001", "arith-val-0002"]
+    with pytest.raises(DataError) as e:
+        load_problems("builtin:arith_vall")
+    assert "unknown built-in dataset 'builtin:arith_vall'" in str(e.value)
+    assert all(f"builtin:{n}" in str(e.value) for n in ("arith_train", "arith_val", "arith_test"))
+
+
 def test_reference_commas_and_limit(tmp_path):
     p = _write(tmp_path, [{"question": "q", "answer": "x\n#### 1,200"}] * 3)
     probs = load_problems(p, limit=2)

@@ -1,8 +1,8 @@
 """Problems to train and evaluate on.
 
 - `rows`: reading JSONL datasets (gsm8k, math, aime, svamp, generic shapes) into `Problem`s.
-- `arith`: the seeded generator of multi-step arithmetic word problems behind `builtin:arith_train`
-  and `builtin:arith_test` (docs/data.md).
+- `arith`: the seeded generator of multi-step arithmetic word problems behind `builtin:arith_train`,
+  `builtin:arith_val` and `builtin:arith_test` (docs/data.md).
 """
 
 from agentic_gcpo.data.rows import (
@@ -16,6 +16,7 @@ from agentic_gcpo.data.rows import (
     load_problems,
     parse_gsm8k_row,
     parse_row,
+    resolve_data_path,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "load_problems",
     "parse_gsm8k_row",
     "parse_row",
+    "resolve_data_path",
 ]

@@ -164,14 +164,38 @@ def parse_row(row: Any, where: str, fmt: str = "gsm8k", fields: dict[str, str] |
     return _fill(Problem(where, question, ref, solution), r)
 
 
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def resolve_data_path(path: str | Path) -> Path:
+    """'builtin:NAME' -> the shipped asset; relative paths resolve against the CWD, then the repo root.
+
+    An unknown built-in name raises DataError listing the valid ones."""
+    path = str(path)
+    if path.startswith("builtin:"):
+        name = path.split(":", 1)[1]
+        asset = ASSETS / f"{name}.jsonl"
+        if not asset.is_file():
+            valid = ", ".join(f"builtin:{a.stem}" for a in sorted(ASSETS.glob("*.jsonl")))
+            raise DataError(f"unknown built-in dataset '{path}'; valid: {valid}")
+        return asset
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    repo = Path(__file__).resolve().parents[2]
+    return repo / p if (repo / p).exists() else p
+
+
 def load_problems(
     path: str | Path,
     limit: int | None = None,
     fmt: str = "gsm8k",
     fields: dict[str, str] | None = None,
 ) -> list[Problem]:
-    """Read every row; raise DataError naming the first bad line (fix the file rather than lose rows)."""
-    p = Path(path)
+    """Read every row; raise DataError naming the first bad line (fix the file rather than lose rows).
+
+    `path` may name a shipped dataset as 'builtin:NAME' (arith_train, arith_val, arith_test, ...)."""
+    p = resolve_data_path(path)
     if not p.is_file():
         raise DataError(f"dataset '{p}' not found")
     if fmt not in FORMATS:

@@ -18,7 +18,7 @@ import torch
 
 from agentic_gcpo.algorithms import get_algorithm
 from agentic_gcpo.config import Config, save_config
-from agentic_gcpo.data import Problem, batches, load_problems
+from agentic_gcpo.data import Problem, batches, load_problems, resolve_data_path
 from agentic_gcpo.engines import make_engine
 from agentic_gcpo.evaluate import eval_metrics
 from agentic_gcpo.ledger import Trajectory
@@ -47,17 +47,6 @@ from agentic_gcpo.train.reward import resolve_buffer
 from agentic_gcpo.train.update import policy_update, slots_per_update
 
 log = logging.getLogger(__name__)
-
-
-def resolve_data_path(path: str) -> Path:
-    """'builtin:NAME' -> the shipped asset; relative paths resolve against the CWD, then the repo root."""
-    if path.startswith("builtin:"):
-        return Path(__file__).resolve().parents[1] / "assets" / f"{path.split(':', 1)[1]}.jsonl"
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p
-    repo = Path(__file__).resolve().parents[2]
-    return repo / p if (repo / p).exists() else p
 
 
 def load_split(section: Any) -> list[Problem]:
