@@ -2,7 +2,8 @@
 
 Why not `model.generate`: we need, per row, the exact sampled ids, the sampler's logprob of each,
 stop strings checked on the row's own new text, and rows that finish early dropped from the batch
-(a long tail of one rambling rollout should not keep 31 finished rows decoding pad tokens). The
+(a long tail of one rambling rollout should not keep 31 finished rows decoding pad tokens; they go
+once a quarter of the batch has finished, so one KV copy serves several, `compact_at`). The
 loop below does exactly that, and four things that make multi-turn rollouts cheap on a CPU:
 
 - Continuous batching: requests come in through `submit` and leave through `poll` one decode
