@@ -37,7 +37,6 @@ from agentic_gcpo.models import load_named, tiny_model  # noqa: E402
 from agentic_gcpo.precision import cpu_description, resolve  # noqa: E402
 from agentic_gcpo.rollout.chat import ChatFormat  # noqa: E402
 from agentic_gcpo.tool_registry import get_tools  # noqa: E402
-from agentic_gcpo.train.trainer import resolve_data_path  # noqa: E402
 
 
 def available(name: str) -> bool:
@@ -85,7 +84,7 @@ def main() -> None:
         model, tok = load_named(args.model)
     model.eval()
     chat = ChatFormat(tok, get_tools(["python"]), "auto", None, 0)
-    problems = load_problems(resolve_data_path(args.data), args.prompts)
+    problems = load_problems(args.data, args.prompts)
     G = args.group_size
     prompts = [chat.prompt_ids(p.question) for p in problems for _ in range(G)]
     print(

@@ -436,12 +436,11 @@ def main() -> int:
         p.error(f"unknown arm/eval set {bad} (or --sft-share not in (0, 1))")
     args.out.mkdir(parents=True, exist_ok=True)
     from agentic_gcpo.data import load_problems
-    from agentic_gcpo.train.trainer import resolve_data_path
 
     problems: dict = {}
     for s in sets:
         try:
-            problems[s] = load_problems(resolve_data_path(EVAL_SETS[s]), args.final_limit, "gsm8k")
+            problems[s] = load_problems(EVAL_SETS[s], args.final_limit, "gsm8k")
         except Exception as e:  # noqa: BLE001 - reported per set, the rest still runs
             problems[s] = f"{type(e).__name__}: {e}"
     res = {

@@ -64,7 +64,6 @@ from agentic_gcpo.data import load_problems  # noqa: E402
 from agentic_gcpo.models import embedded_model_dir  # noqa: E402
 from agentic_gcpo.precision import cpu_description, resolve  # noqa: E402
 from agentic_gcpo.rollout.chat import ChatFormat  # noqa: E402
-from agentic_gcpo.train.trainer import resolve_data_path  # noqa: E402
 from agentic_gcpo.verify import verify  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "peer_trl.json"
@@ -202,9 +201,7 @@ def run_trl(a: argparse.Namespace, dtype: str, workdir: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=weights)
     tok = AutoTokenizer.from_pretrained(path)
     chat = ChatFormat(tok, {})  # our system prompt for a model without tools: identical prompt ids
-    problems = load_problems(
-        resolve_data_path("builtin:gsm8k_train_500"), n_steps * a.prompts_per_step, "gsm8k"
-    )
+    problems = load_problems("builtin:gsm8k_train_500", n_steps * a.prompts_per_step, "gsm8k")
     data = Dataset.from_list(
         [{"prompt": chat.prompt_messages(p.question), "reference": p.reference} for p in problems]
     )

@@ -49,7 +49,6 @@ from agentic_gcpo.rollout.agent_loop import AgentLoop, LoopLimits  # noqa: E402
 from agentic_gcpo.rollout.chat import ChatFormat  # noqa: E402
 from agentic_gcpo.sandbox import SandboxConfig, make_sandbox  # noqa: E402
 from agentic_gcpo.tool_registry import get_tools  # noqa: E402
-from agentic_gcpo.train.trainer import resolve_data_path  # noqa: E402
 
 
 def matmul_flops(dtype: torch.dtype, hidden: int, inner: int, rows: int = 512, seconds: float = 1.0) -> float:
@@ -108,6 +107,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="interleaved loop/plain pairs; median reported")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {args.repeats}")
 
     prec = resolve(args.dtype)
     print(f"cpu: {cpu_description()}\ntorch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -116,7 +117,7 @@ def main() -> None:
     model.eval()
     tools = get_tools(["python"])
     chat = ChatFormat(tok, tools, "auto", None, args.fewshot)
-    problems = load_problems(resolve_data_path(args.data), args.problems)
+    problems = load_problems(args.data, args.problems)
     G, n_rows = args.group_size, args.problems * args.group_size
     prompts = [chat.prompt_ids(p.question) for p in problems for _ in range(G)]
     print(f"{args.problems} problems x G={G}; prompt tokens {len(prompts[0])}..{max(map(len, prompts))}")

@@ -7,11 +7,10 @@ import json
 import pytest
 
 from agentic_gcpo.data import DataError, batches, load_problems
-from agentic_gcpo.train.trainer import resolve_data_path
 
 
 def test_shipped_subset_loads():
-    probs = load_problems(resolve_data_path("builtin:gsm8k_train_500"))
+    probs = load_problems("builtin:gsm8k_train_500")
     assert len(probs) == 500
     first = probs[0]
     assert first.reference == "72" and first.question.startswith("Natalia")

@@ -8,18 +8,17 @@ from fractions import Fraction
 
 import pytest
 
-from agentic_gcpo.data import load_problems
+from agentic_gcpo.data import load_problems, resolve_data_path
 from agentic_gcpo.data.arith import SIZES, VAL_SIZE, generate, shipped_text, split_of, to_jsonl, validation
 from agentic_gcpo.data.arith_templates import TEMPLATES, Story, n
 from agentic_gcpo.data.cli import main as data_main
 from agentic_gcpo.rollout.chat import ChatFormat
 from agentic_gcpo.rollout.golden import ANNOTATION, GoldenSource, python_expr
-from agentic_gcpo.train.trainer import resolve_data_path
 
 
 @pytest.fixture(scope="module")
 def shipped():
-    return {s: load_problems(resolve_data_path(f"builtin:arith_{s}")) for s in SIZES}
+    return {s: load_problems(f"builtin:arith_{s}") for s in SIZES}
 
 
 def _signature(row: dict) -> tuple[str, ...]:

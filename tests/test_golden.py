@@ -8,12 +8,11 @@ from agentic_gcpo.data import Problem, load_problems
 from agentic_gcpo.ledger import Source
 from agentic_gcpo.rollout.chat import ChatFormat
 from agentic_gcpo.rollout.golden import GoldenSource, python_expr, reference_turns
-from agentic_gcpo.train.trainer import resolve_data_path
 
 
 @pytest.fixture(scope="module")
 def rows():
-    return load_problems(resolve_data_path("builtin:gsm8k_train_500"), limit=40)
+    return load_problems("builtin:gsm8k_train_500", limit=40)
 
 
 @pytest.fixture()

@@ -19,7 +19,6 @@ from agentic_gcpo.rollout.chat import ChatFormat
 from agentic_gcpo.rollout.golden import GoldenSource
 from agentic_gcpo.train.sft import build_goldens, lr_at, sft_loss, sft_step
 from agentic_gcpo.train.sft_cli import continue_command
-from agentic_gcpo.train.trainer import resolve_data_path
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny_cpu.yaml")
@@ -105,7 +104,7 @@ def test_tool_output_gets_no_gradient_through_its_targets(tiny):
 
 @pytest.fixture(scope="module")
 def goldens(tiny, python_tools, sandbox):
-    problems = load_problems(resolve_data_path("builtin:gsm8k_train_500"), limit=4)
+    problems = load_problems("builtin:gsm8k_train_500", limit=4)
     src = GoldenSource(ChatFormat(tiny[1], python_tools), python_tools, sandbox, style="commented")
     return build_goldens(problems, src)
 

@@ -34,13 +34,13 @@ from agentic_gcpo.data.arith_templates import (
     TEMPLATES,
     Story,
 )
+from agentic_gcpo.data.rows import ASSETS
 
 SIZES = {"train": 2000, "test": 500}  # rows in the shipped files
 TEST_PERCENT = 20  # share of canonical forms that belong to the test split
 VAL_SIZE = 300  # rows of builtin:arith_val
 SHIPPED_SEED = 0
 DISTRACTOR_P = 0.5  # chance that a problem carries an irrelevant number
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
 def canonical(template: str, numbers: tuple[int, ...]) -> str:

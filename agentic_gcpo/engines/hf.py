@@ -298,8 +298,7 @@ class HFEngine(Engine):
             self._run = None
             return finished
         if len(run.rows) - n_live > self.compact_at * len(run.rows):
-            keep = torch.tensor([r is not None for r in run.rows], device=device)
-            feed = [t for t, k in zip(feed, keep.tolist()) if k]
+            feed = [t for t, r in zip(feed, run.rows) if r is not None]
             run.compact()
         step_tok = torch.tensor(feed, dtype=torch.long, device=device)
         col = torch.tensor([[r is not None] for r in run.rows], dtype=run.attn.dtype, device=device)
@@ -394,9 +393,10 @@ def sample_batch(
     top_p = 1 it is exactly the distribution sampled from, which is what importance ratios need.
 
     Each full-vocabulary pass costs ~1-3 ms for 32 rows on a 2-core CPU, a sizeable share of a
-    decode step, so the sampling path makes three (softmax, cumulative sum, gather): no argmax unless
-    a row is greedy, and the logprob as log of the sampled token's probability (for a token that
-    can be drawn at all, that is log_softmax's value to float32 rounding).
+    decode step, so after the temperature scaling the sampling path makes three (softmax, cumulative
+    sum, gather): no argmax unless a row is greedy, and the logprob as log of the sampled token's
+    probability (for a token that can be drawn at all, that is log_softmax's value to float32
+    rounding).
     """
     B = logits.shape[0]
     if B == 0:
@@ -412,9 +412,8 @@ def sample_batch(
         tok = torch.argmax(logits, dim=-1)  # [B]
         lp = torch.log_softmax(scaled, dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)
         return tok.tolist(), lp.tolist()
-    probs = torch.softmax(
-        scaled, dim=-1
-    )  # [B, V] fp32: the cumulative sum's rounding is ~1e-5 of mass at most
+    # [B, V] fp32: the cumulative sum's rounding is ~1e-5 of mass at most
+    probs = torch.softmax(scaled, dim=-1)
     kept, order = probs, None
     top_p = [p.top_p for p in params]
     if any(t < 1.0 for t in top_p):  # keep the smallest set of tokens whose mass reaches top_p

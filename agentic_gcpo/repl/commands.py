@@ -59,12 +59,10 @@ def _load(r: Repl, args: list[str]) -> None:
     if len(args) not in (2, 3):
         raise _usage("/load")
     from agentic_gcpo.data import load_problems
-    from agentic_gcpo.train.trainer import resolve_data_path
 
     n = _int_arg("/load", args[1])
     fmt = args[2] if len(args) == 3 else r.session.cfg.data.format
-    path = resolve_data_path(args[0])
-    rows = load_problems(path, n + 1, fmt, r.session.cfg.data.fields or None)
+    rows = load_problems(args[0], n + 1, fmt, r.session.cfg.data.fields or None)
     if n >= len(rows):
         raise SessionError(f"{args[0]} has {len(rows)} problems; N counts from 0, so use 0..{len(rows) - 1}")
     r.session.set_problem(rows[n], has_reference=True)

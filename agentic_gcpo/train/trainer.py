@@ -18,7 +18,7 @@ import torch
 
 from agentic_gcpo.algorithms import get_algorithm
 from agentic_gcpo.config import Config, save_config
-from agentic_gcpo.data import Problem, batches, load_problems, resolve_data_path
+from agentic_gcpo.data import Problem, batches, load_problems
 from agentic_gcpo.engines import make_engine
 from agentic_gcpo.evaluate import eval_metrics
 from agentic_gcpo.ledger import Trajectory
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 def load_split(section: Any) -> list[Problem]:
     """The problems a data-like config section (`data`, `eval`) names."""
-    return load_problems(resolve_data_path(section.path), section.limit, section.format, section.fields)
+    return load_problems(section.path, section.limit, section.format, section.fields)
 
 
 def load_policy(cfg: Config, model: Any = None, tokenizer: Any = None) -> tuple[Any, Any]:
