@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agentic_gcpo.config import ConfigError, load_config
 from agentic_gcpo.data.cli import add_data_parser
 from agentic_gcpo.eval_cli import add_eval_parsers
 from agentic_gcpo.repl.cli import add_repl_parsers
@@ -117,6 +116,7 @@ def start_run(args: argparse.Namespace, guard: _SigintGuard, make: Callable[[Any
     """Load the config and build the run with `make` (Trainer, SFTRun), registered with `guard`.
     A bad config, dataset, model or tool name is printed as one error line and gives None (the
     caller exits 2); DataError, ToolLoadError and SFTError are ValueErrors."""
+    from agentic_gcpo.config import ConfigError, load_config  # here: it imports torch (~2 s)
     from agentic_gcpo.models import ModelLoadError
 
     try:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+# Under pytest-xdist (`-n 2`) each worker gets one core's worth of threads, and so do the training
+# runs its tests start as subprocesses: two workers with two OpenMP threads each on two cores
+# spin against each other and run slower than one worker alone.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 from agentic_gcpo.sandbox import SandboxConfig, make_sandbox
 
