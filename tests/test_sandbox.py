@@ -35,7 +35,11 @@ import pytest
 from agentic_gcpo.sandbox import ExecResult, Sandbox, SandboxConfig, make_sandbox, truncate_middle
 
 TIMEOUT = 1.0
-CFG = SandboxConfig(timeout_s=TIMEOUT, cpu_time_s=2.0, memory_mb=512, max_output_chars=400, pool_size=3)
+# SymPy preloaded: the cells below that use it run under a 1 s wall limit, which a cold import
+# (~0.4 s idle, more on a loaded 2-core box) would eat into.
+CFG = SandboxConfig(
+    timeout_s=TIMEOUT, cpu_time_s=2.0, memory_mb=512, max_output_chars=400, pool_size=3, preload=["sympy"]
+)
 BACKENDS = ["local", "docker"]
 BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "sandbox" / "build_image.sh"
 
@@ -183,12 +187,34 @@ def test_docker_unavailable_is_explained():
     ), msg
 
 
+def test_preload_names_modules_and_says_what_it_takes():
+    assert SandboxConfig().preload == []  # default: no worker pays for an import its code never makes
+    assert SandboxConfig(preload=["sympy", "numpy.linalg"]).preload == ["sympy", "numpy.linalg"]
+    with pytest.raises(ValueError, match=r"module names .*\['import os', 'a-b'\]"):
+        SandboxConfig(preload=["sympy", "import os", "a-b"])
+
+
 def test_truncate_middle_head_tail():
     text, cut = truncate_middle("a" * 10 + "b" * 10, 8)
     assert cut and text == "aaaa\n...[truncated 12 chars]...\nbbbb"
 
 
 # ----------------------------------------------------------------------------- semantics
+
+
+def test_preload_is_imported_before_the_first_cell_and_the_default_imports_nothing(backend):
+    """With the default (no preload) a session that never imports SymPy never loads it, and one that
+    does gets it in that cell; with preload the worker reports it loaded before any cell runs."""
+    probe = "import sys\nsorted(m for m in ('sympy', 'numpy') if m in sys.modules)"
+    with make_sandbox(_cfg(backend, preload=[], pool_size=0, timeout_s=20.0)) as box:
+        assert box.execute(probe, "lazy").value == "[]"
+        assert box.execute("import sympy\nsympy.Integer(6) / 4", "lazy").value == "3/2"
+        assert box.execute(probe, "lazy").value == "['sympy']"
+    with make_sandbox(_cfg(backend, preload=["sympy", "no_such_module_xyz"], pool_size=0)) as box:
+        assert box.execute(probe, "eager").value == "['sympy']"
+        (w,) = box._workers()
+        assert w.ready_info["preloaded"]["sympy"]  # its version
+        assert "ModuleNotFoundError" in w.ready_info["preload_errors"]["no_such_module_xyz"]
 
 
 def test_final_expression_value(sb):

@@ -51,6 +51,7 @@ def worker_config(cfg: SandboxConfig, **override: Any) -> dict[str, Any]:
         "memory_mb": cfg.memory_mb,
         "max_file_mb": cfg.max_file_mb,
         "max_processes": cfg.max_processes,
+        "preload": list(cfg.preload),
         # Lifetime CPU cap of one worker; a session is a handful of cells.
         "cpu_lifetime_s": max(600, int(math.ceil(cfg.cpu_time_s * 50))),
     }
