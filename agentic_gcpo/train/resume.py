@@ -39,6 +39,7 @@ SAFE_KEYS = (
     "train.samples_per_step",
     "log.*",
     "sandbox.pool_size",
+    "sandbox.preload",
 )
 
 
