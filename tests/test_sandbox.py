@@ -312,7 +312,9 @@ def test_garbage_on_protocol_channel(sb):
 def test_infinite_loop(sb):
     r = _run(sb, "while True:\n    pass")
     assert r.timed_out and r.error_type == "TimeoutError" and "state" in (r.error or "")
-    assert r.duration_s < TIMEOUT + 1.5
+    # stopped near the limit, not hanging: +3 s leaves room for a docker kill round trip while the
+    # other xdist worker's training subprocesses load both cores (one such run took over +1.5 s)
+    assert r.duration_s < TIMEOUT + 3
     _host_ok(sb)
 
 
