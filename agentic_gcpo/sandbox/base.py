@@ -45,15 +45,6 @@ class SandboxConfig(BaseModel):
         description="'namespaces': require user/net/pid namespaces (no network); 'auto': use them when "
         "the machine allows, else rlimits only with a warning; 'none': rlimits only.",
     )
-
-    @field_validator("preload")
-    @classmethod
-    def _module_names(cls, names: list[str]) -> list[str]:
-        bad = [n for n in names if not all(part.isidentifier() for part in n.split("."))]
-        if bad:
-            raise ValueError(f"preload takes module names such as 'sympy' or 'numpy.linalg'; not {bad}")
-        return names
-
     docker_image: str = Field(
         "agentic-gcpo-sandbox:latest",
         description="Image the 'docker' backend runs; build it with `agentic-gcpo sandbox build-image`.",
@@ -62,6 +53,14 @@ class SandboxConfig(BaseModel):
     docker_tmpfs_mb: int = Field(
         64, gt=0, description="Size of each container's writable tmpfs (/work and /tmp), in MiB."
     )
+
+    @field_validator("preload")
+    @classmethod
+    def _module_names(cls, names: list[str]) -> list[str]:
+        bad = [n for n in names if not all(part.isidentifier() for part in n.split("."))]
+        if bad:
+            raise ValueError(f"preload takes module names such as 'sympy' or 'numpy.linalg'; not {bad}")
+        return names
 
 
 def truncate_middle(text: str, limit: int) -> tuple[str, bool]:
