@@ -37,7 +37,8 @@ eval set) come on top and are timed separately.
 All arms at the default budget: roughly 8 x 15 min of training plus 9 policies x 2 sets x 300
 greedy final evals; `--arms` and `--final-limit` cut it down.
 
-Curves: the trainer's periodic eval (greedy, --eval-limit problems of arith_val every
+Curves: the trainer's periodic eval (greedy, --eval-limit problems of arith_val, or of
+gsm8k_heldout_64 with `--train-set gsm8k`, every
 --eval-every updates; SFTRun evaluates only before and after), x = sequence passes trained. Final: `evaluate()` on the first
 --final-limit problems of each `--eval-sets` set: `arith` (builtin:arith_test, disjoint from
 arith_train) and `gsm8k` (GSM8K test, ../shared/data/gsm8k/test.jsonl), pass@1 with a 95 % Wilson
@@ -70,6 +71,8 @@ from agentic_gcpo.config import load_config  # noqa: E402
 
 ACC, TOOLS = "eval/pass@1", "eval/tools/traj_with_call_frac"
 TRAIN_SETS = {"arith": "builtin:arith_train", "gsm8k": "builtin:gsm8k_train_500"}
+# curves: a validation split of the training distribution; the test splits are for the final eval only
+VAL_SETS = {"arith": "builtin:arith_val", "gsm8k": "builtin:gsm8k_heldout_64"}  # GSM8K *train* rows 501-564
 EVAL_SETS = {
     "arith": "builtin:arith_test",
     "gsm8k": str(REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"),
@@ -114,7 +117,7 @@ def config(args: argparse.Namespace, name: str, extra: list[str]):
         f"rollout.group_size={args.group_size}",
         f"train.lr={args.lr}",
         "prompt.fewshot=0",
-        "eval.path=builtin:arith_val",  # curves on the validation split; the test split is for the final eval
+        f"eval.path={VAL_SETS[args.train_set]}",
         f"eval.limit={args.eval_limit}",
         f"eval.every={args.eval_every}",
         "log.progress=false",
@@ -353,7 +356,9 @@ def plot(res: dict, path: Path) -> None:
         ax[1].plot([p["x"] for p in c], [p["tool_call_rate"] for p in c], **kw)
     ev = res["args"]["eval_limit"]
     ax[0].set(
-        title=f"arith_val accuracy, first {ev} (greedy)", xlabel="sequence passes trained", ylim=(0, 1.02)
+        title=f"{VAL_SETS[res['args'].get('train_set', 'arith')].split(':')[-1]} accuracy, first {ev} (greedy)",
+        xlabel="sequence passes trained",
+        ylim=(0, 1.02),
     )
     ax[1].set(
         title="held-out trajectories with a tool call", xlabel="sequence passes trained", ylim=(0, 1.02)

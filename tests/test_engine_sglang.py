@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from agentic_gcpo.config import EngineConfig
 from agentic_gcpo.engines import SamplingParams, make_engine
 from agentic_gcpo.engines.hf import HFEngine
+from agentic_gcpo.engines.options import EngineConfig
 from agentic_gcpo.engines.remote import (
     RemoteError,
     RequestRejected,

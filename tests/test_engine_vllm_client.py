@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from agentic_gcpo.config import EngineConfig
 from agentic_gcpo.engines import SamplingParams, make_engine
+from agentic_gcpo.engines.options import EngineConfig
 from agentic_gcpo.engines.remote import RemoteError, ServerUnavailable, free_port
 from agentic_gcpo.engines.vllm_server import parse_choice
 from agentic_gcpo.models import tiny_model

@@ -68,7 +68,7 @@ class SGLangEngine(Engine):
     def __init__(
         self, model: Any, tokenizer: Any, options: Any = None, dtype: str = "auto", **_hf_only: Any
     ) -> None:
-        from agentic_gcpo.config import SGLangConfig
+        from agentic_gcpo.engines.options import SGLangConfig
 
         super().__init__()
         o = options if isinstance(options, SGLangConfig) else SGLangConfig.model_validate(options or {})

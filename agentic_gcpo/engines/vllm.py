@@ -68,7 +68,7 @@ CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 def vllm_options(options: Any) -> Any:
     """The engine.vllm section, defaults when None."""
-    from agentic_gcpo.config import VLLMConfig
+    from agentic_gcpo.engines.options import VLLMConfig
 
     if options is None:
         return VLLMConfig()
