@@ -38,8 +38,8 @@ All arms at the default budget: roughly 8 x 15 min of training plus 9 policies x
 greedy final evals; `--arms` and `--final-limit` cut it down.
 
 Curves: the trainer's periodic eval (greedy, --eval-limit problems of arith_val, or of
-gsm8k_heldout_64 with `--train-set gsm8k`, every
---eval-every updates; SFTRun evaluates only before and after), x = sequence passes trained. Final: `evaluate()` on the first
+gsm8k_heldout_64 with `--train-set gsm8k`, every --eval-every updates; SFTRun evaluates only
+before and after), x = sequence passes trained. Final: `evaluate()` on the first
 --final-limit problems of each `--eval-sets` set: `arith` (builtin:arith_test, disjoint from
 arith_train) and `gsm8k` (GSM8K test, ../shared/data/gsm8k/test.jsonl), pass@1 with a 95 % Wilson
 interval and the tool-call rate. Nothing is tuned on these splits. Writes <out>/results.json
@@ -356,7 +356,7 @@ def plot(res: dict, path: Path) -> None:
         ax[1].plot([p["x"] for p in c], [p["tool_call_rate"] for p in c], **kw)
     ev = res["args"]["eval_limit"]
     ax[0].set(
-        title=f"{VAL_SETS[res['args'].get('train_set', 'arith')].split(':')[-1]} accuracy, first {ev} (greedy)",
+        title=f"{VAL_SETS[res['args']['train_set']].removeprefix('builtin:')} accuracy, first {ev} (greedy)",
         xlabel="sequence passes trained",
         ylim=(0, 1.02),
     )

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class _Section(BaseModel):
+class _Section(BaseModel):  # config.py's section base, restated: config.py imports this module
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
