@@ -8,14 +8,15 @@ plus the paper's ablations, judged on >= 300 held-out problems per eval set.
 
 Arms (`--arms`, default all): `gcpo` (from the untouched model), `grpo`, `gpg`, `sft` (SFT only),
 `sft+gcpo` (SFT, then GCPO from its checkpoint), `gcpo-decay` (gcpo with the lr decayed to a
-tenth by a cosine: every constant-1e-4 GCPO run so far lost its tool use after ~8 updates to
-turns that never end), and the ablations `gcpo-noinject`
+tenth by a cosine: constant-1e-4 GCPO runs lose their tool use late, to turns that never end:
+after ~8 updates of 2 x G=8, after ~28 of 4 x G=4), and the ablations `gcpo-noinject`
 (golden.enabled=false) and the ratio pair `gcpo-seq-ratio` / `gcpo-token-ratio`. With one
 optimizer step per rollout batch every ratio is 1, so the ratio pair both run `train.epochs`
-= max(2, --epochs) and differ only in `algorithm.ratio_level` (--ablation-steps sets their steps);
+= max(2, --epochs) and differ in `algorithm.ratio_level` and its clip (--ablation-steps sets their steps);
 they see the same rollouts per step as the other arms but train each twice (twice the passes).
+Each ratio keeps the clip made for it: GSPO's 3e-4 / 4e-4 for the sequence ratio, GRPO's 0.2 per token.
 The untouched model is always evaluated too (row `untouched`). Every run uses
-configs/embedded_gcpo.yaml (0-shot prompt, python tool, 3 turns of <= 192 tokens), the same seed
+configs/embedded_gcpo.yaml (0-shot prompt, python tool, 2 turns of <= 192 tokens), the same seed
 and training problems (`--train-set arith`: builtin:arith_train, `gsm8k`: builtin:gsm8k_train_500)
 and the extra dotted overrides given after the flags (they also set the final eval's limits).
 
@@ -89,7 +90,17 @@ ARMS: dict[str, tuple[str, list[str]]] = {  # name -> (kind, overrides)
     "gcpo-decay": ("rl", ["algorithm.name=gcpo", "train.lr_schedule=cosine", "train.min_lr_ratio=0.1"]),
     "gcpo-noinject": ("rl", ["algorithm.name=gcpo", "golden.enabled=false"]),
     "gcpo-seq-ratio": ("rl", ["algorithm.name=gcpo", "algorithm.ratio_level=sequence"]),
-    "gcpo-token-ratio": ("rl", ["algorithm.name=gcpo", "algorithm.ratio_level=token"]),
+    # A per-token ratio gets GRPO's per-token clip: with GSPO's 3e-4 / 4e-4 (made for a length-normalised
+    # sequence ratio) almost every token would be clipped after the first optimizer step.
+    "gcpo-token-ratio": (
+        "rl",
+        [
+            "algorithm.name=gcpo",
+            "algorithm.ratio_level=token",
+            "algorithm.clip_low=0.2",
+            "algorithm.clip_high=0.2",
+        ],
+    ),
 }
 
 
