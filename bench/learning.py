@@ -280,9 +280,10 @@ def checks(arms: dict) -> list[dict]:
         None if gap is None else gap >= 0.3 - EPS,
         f"gcpo {pc(g)}, grpo {pc(r)}, difference {pc(gap)}",
     )
-    recipes = [a for a in ("gcpo", "sft+gcpo") if acc(a, "gsm8k") is not None]
+    gcpo_recipes = ("gcpo", "sft+gcpo")
+    recipes = [a for a in gcpo_recipes if acc(a, "gsm8k") is not None]
     best = max(recipes, key=lambda a: acc(a, "gsm8k"), default=None)
-    label = best or "gcpo / sft+gcpo"  # neither evaluated on GSM8K: name what was looked for
+    label = best or " / ".join(gcpo_recipes)  # neither evaluated on GSM8K: name what was looked for
     b, s, u = acc(best, "gsm8k"), acc("sft", "gsm8k"), acc("untouched", "gsm8k")
     add(
         "GSM8K test: best GCPO recipe >= SFT-only",
