@@ -90,17 +90,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {  # name -> (kind, overrides)
     "gcpo-decay": ("rl", ["algorithm.name=gcpo", "train.lr_schedule=cosine", "train.min_lr_ratio=0.1"]),
     "gcpo-noinject": ("rl", ["algorithm.name=gcpo", "golden.enabled=false"]),
     "gcpo-seq-ratio": ("rl", ["algorithm.name=gcpo", "algorithm.ratio_level=sequence"]),
-    # A per-token ratio gets GRPO's per-token clip: with GSPO's 3e-4 / 4e-4 (made for a length-normalised
-    # sequence ratio) almost every token would be clipped after the first optimizer step.
-    "gcpo-token-ratio": (
-        "rl",
-        [
-            "algorithm.name=gcpo",
-            "algorithm.ratio_level=token",
-            "algorithm.clip_low=0.2",
-            "algorithm.clip_high=0.2",
-        ],
-    ),
+    # Each ratio gets the clip made for it by default (algorithms/gspo.py, sequence_family_loss).
+    "gcpo-token-ratio": ("rl", ["algorithm.name=gcpo", "algorithm.ratio_level=token"]),
 }
 
 

@@ -246,12 +246,21 @@ def test_gcpo_unnormalised_log_ratio_is_clamped() -> None:
     assert torch.isfinite(logp.grad).all() and torch.equal(logp.grad, torch.zeros_like(logp))
 
 
-def test_gcpo_token_ablation_equals_token_ppo_with_gspo_clip() -> None:
+@pytest.mark.parametrize("name", ["gcpo", "gspo"])
+@pytest.mark.parametrize(
+    "clip, expected_clip",
+    [({}, (0.2, 0.2)), ({"clip_low": 3e-4, "clip_high": 4e-4}, (3e-4, 4e-4))],
+    ids=["token-default-0.2", "explicit-clip-kept"],
+)
+def test_token_ablation_equals_token_ppo_with_its_clip(name, clip, expected_clip) -> None:
+    # A per-token ratio defaults to PPO's 0.2 clip (GSPO's 3e-4 / 4e-4 is for the sequence ratio);
+    # an explicit clip_low / clip_high still wins.
     logp0, old, a, mask = _seq_batch()
     logp = logp0.clone().requires_grad_(True)
-    value, _ = full_loss("gcpo", logp, old, a, mask, ratio_level="token")
+    value, _ = full_loss(name, logp, old, a, mask, ratio_level="token", **clip)
     rho = torch.exp(torch.where(mask > 0, logp0 - old, torch.zeros_like(old)))
-    per_tok = torch.maximum(-a[:, None] * rho, -a[:, None] * rho.clamp(1 - 3e-4, 1 + 4e-4)) * mask
+    low, high = expected_clip
+    per_tok = torch.maximum(-a[:, None] * rho, -a[:, None] * rho.clamp(1 - low, 1 + high)) * mask
     expected = ((per_tok.sum(-1) / mask.sum(-1)).mean()).item()
     assert value.item() == pytest.approx(expected, abs=1e-6)
 

@@ -35,10 +35,14 @@ class AlgorithmConfig(BaseModel):
         None,
         ge=0.0,
         lt=1.0,
-        description="Lower clip epsilon (ratio >= 1 - clip_low); None = algorithm default.",
+        description="Lower clip epsilon (ratio >= 1 - clip_low); None = algorithm default "
+        "(gcpo/gspo: 3e-4 on the sequence ratio, 0.2 with ratio_level='token').",
     )
     clip_high: float | None = Field(
-        None, ge=0.0, description="Upper clip epsilon (ratio <= 1 + clip_high); None = algorithm default."
+        None,
+        ge=0.0,
+        description="Upper clip epsilon (ratio <= 1 + clip_high); None = algorithm default "
+        "(gcpo/gspo: 4e-4 on the sequence ratio, 0.2 with ratio_level='token').",
     )
     adv_eps: float = Field(1e-6, gt=0.0, description="Added to the group std before dividing the advantage.")
     ratio_level: Literal["sequence", "token"] | None = Field(

@@ -20,7 +20,7 @@ from agentic_gcpo.algorithms.base import (
     reject_sequence_switches,
     resolve_clip,
 )
-from agentic_gcpo.algorithms.grpo import token_clip_loss
+from agentic_gcpo.algorithms.grpo import TOKEN_CLIP, token_clip_loss
 
 
 def dr_grpo_advantages(rewards: Tensor, group_ids: Tensor, is_golden: Tensor, cfg: AlgorithmConfig) -> Tensor:
@@ -33,7 +33,7 @@ def dr_grpo_policy_loss(
     logp: Tensor, old_logp: Tensor, advantages: Tensor, loss_mask: Tensor, cfg: AlgorithmConfig
 ) -> tuple[Tensor, dict[str, Tensor]]:
     reject_sequence_switches(cfg, "dr_grpo")
-    low, high = resolve_clip(cfg, 0.2, 0.2)
+    low, high = resolve_clip(cfg, TOKEN_CLIP, TOKEN_CLIP)
     return token_clip_loss(logp, old_logp, advantages, loss_mask, low, high)
 
 

@@ -6,7 +6,7 @@ computed, so an all-fail group (zero gradient under GRPO) becomes a contrast of 
 G-1 failures (G=4: A_golden = 1.5, A_fail = -0.5). The advantage itself is GRPO's, over the
 post-injection group; is_golden only marks the member. (2) A sequence-level, length-normalised ratio
 over policy tokens with GSPO's clip (3e-4 / 4e-4); loss -min(s_i A_i, clip(s_i) A_i) averaged over
-sequences. No KL term. Ablations: cfg.ratio_level="token" (per-token PPO ratio, same clip) and
+sequences. No KL term. Ablations: cfg.ratio_level="token" (per-token PPO ratio, with PPO's 0.2 clip) and
 cfg.length_normalize=False (summed log-ratio, clamped at cfg.max_log_ratio).
 
 The golden member's old logprobs come from a teacher-forced pass of the pre-update policy (trainer).

@@ -30,6 +30,8 @@ from agentic_gcpo.algorithms.base import (
 # exp() of a token log-ratio beyond this is meaningless for a clipped loss and could overflow; the
 # clamp has zero gradient outside, which only matters for tokens whose clip is already active.
 TOKEN_LOG_RATIO_LIMIT = 20.0
+# PPO's symmetric per-token clip, as GRPO uses it; also the default of GCPO/GSPO's token-ratio ablation.
+TOKEN_CLIP = 0.2
 
 
 def token_clip_loss(
@@ -65,7 +67,7 @@ def grpo_policy_loss(
     logp: Tensor, old_logp: Tensor, advantages: Tensor, loss_mask: Tensor, cfg: AlgorithmConfig
 ) -> tuple[Tensor, dict[str, Tensor]]:
     reject_sequence_switches(cfg, "grpo")
-    low, high = resolve_clip(cfg, 0.2, 0.2)
+    low, high = resolve_clip(cfg, TOKEN_CLIP, TOKEN_CLIP)
     return token_clip_loss(logp, old_logp, advantages, loss_mask, low, high)
 
 

@@ -24,7 +24,7 @@ from agentic_gcpo.algorithms.base import (
     reject_golden,
     resolve_clip,
 )
-from agentic_gcpo.algorithms.grpo import token_clip_loss
+from agentic_gcpo.algorithms.grpo import TOKEN_CLIP, token_clip_loss
 
 SEQ_CLIP_LOW = 3e-4
 SEQ_CLIP_HIGH = 4e-4
@@ -86,12 +86,19 @@ def sequence_clip_loss(
 def sequence_family_loss(
     logp: Tensor, old_logp: Tensor, advantages: Tensor, loss_mask: Tensor, cfg: AlgorithmConfig, name: str
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """GSPO/GCPO loss honouring the ablation switches ratio_level and length_normalize."""
-    low, high = resolve_clip(cfg, SEQ_CLIP_LOW, SEQ_CLIP_HIGH)
+    """GSPO/GCPO loss honouring the ablation switches ratio_level and length_normalize.
+
+    Each ratio keeps the clip made for it unless cfg sets one: GSPO's 3e-4 / 4e-4 for the length-normalised
+    sequence ratio, PPO's 0.2 per token for the token ablation. A single token's ratio moves by far more
+    than 4e-4 in one optimizer step, so GSPO's clip on a per-token ratio would clip nearly every token of
+    any second epoch and the ablation would compare clips rather than ratios.
+    """
     if (cfg.ratio_level or "sequence") == "token":
         if not cfg.length_normalize:
             raise ValueError(f"{name}: length_normalize=False needs ratio_level='sequence'")
+        low, high = resolve_clip(cfg, TOKEN_CLIP, TOKEN_CLIP)
         return token_clip_loss(logp, old_logp, advantages, loss_mask, low, high)
+    low, high = resolve_clip(cfg, SEQ_CLIP_LOW, SEQ_CLIP_HIGH)
     return sequence_clip_loss(
         logp,
         old_logp,
