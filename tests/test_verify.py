@@ -245,12 +245,20 @@ def test_thread_safety() -> None:
     assert [results[i] for i in range(len(jobs))] == [e for _, _, e in jobs]
 
 
-def test_numeric_path_needs_no_subprocess() -> None:
-    # GSM8K answers never reach SymPy: fast enough to call per rollout without a second thought.
-    t0 = time.perf_counter()
-    for _ in range(200):
-        assert verify("so the total is 1,200 dollars.\n#### 1200", "1,200").correct
-    assert (time.perf_counter() - t0) / 200 < 0.005
+def test_numeric_path_needs_no_subprocess(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GSM8K answers never reach SymPy or math-verify: cheap enough to call per rollout. Counted, not timed.
+    import agentic_gcpo.verify.core as core
+
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr(core, "helper_equal", lambda a, b, *args, **kw: calls.append((a, b)) or (False, "x"))
+    for pred, ref in [
+        ("so the total is 1,200 dollars.\n#### 1200", "1,200"),
+        ("#### 0.5", "1/2"),
+        ("#### 7", "8"),
+    ]:
+        verify(pred, ref)
+    assert verify("so the total is 1,200 dollars.\n#### 1200", "1,200").correct
+    assert calls == []
 
 
 # --- the answer-pair table (tests/verify_cases.py; compared with math-verify in docs/verifier.md)
