@@ -1,8 +1,12 @@
-"""Shared fixtures: the tiny random model with the real SmolLM2 tokenizer, and a real sandbox."""
+"""Shared fixtures: the tiny random model with the real SmolLM2 tokenizer, a real sandbox, and a loader
+for the scripts outside the package (bench/, tests/record_sglang.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -37,3 +41,16 @@ def python_tools():
     from agentic_gcpo.tool_registry import get_tools
 
     return get_tools(["python"])
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """load_script(path) imports a script that is not in a package (bench/*.py) as a module."""
+
+    def load(path: Path) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -394,13 +394,9 @@ def _replay_check(recording: Path, tmp_path: Path) -> int:
     return len(doc["records"])
 
 
-def test_record_then_replay_roundtrip(server, tiny, tmp_path):
+def test_record_then_replay_roundtrip(server, tiny, tmp_path, load_script):
     """tests/record_sglang.py records from a server; the replay serves it back to the engine."""
-    spec = importlib.util.spec_from_file_location(
-        "record_sglang", Path(__file__).with_name("record_sglang.py")
-    )
-    rec = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rec)
+    rec = load_script(Path(__file__).with_name("record_sglang.py"))
     out = tmp_path / "rec.json"
     rec.record(server, tiny[1], out)
     names = [r["name"].split("-", 1)[1] for r in json.loads(out.read_text())["records"]]
