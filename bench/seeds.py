@@ -21,8 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning import pc, wilson  # noqa: E402
 
-# Arguments that may differ between the runs pooled: the seed itself, where it wrote, and whether
-# the untouched model was evaluated again (its row is not pooled).
+# Arguments that may differ between the runs pooled: the seed itself, where it wrote, whether the
+# untouched model was evaluated again (its row is not pooled), and the arm list (only arms that every
+# run has are pooled).
 FREE_ARGS = {"seed", "out", "skip_untouched", "arms"}
 
 
@@ -48,6 +49,7 @@ def check_same_recipe(runs: list[tuple[str, dict]]) -> None:
 def pool(runs: list[tuple[str, dict]]) -> list[dict]:
     """One row per (arm, eval set) that every run measured: per-seed accuracy, mean, spread, pooled CI."""
     check_same_recipe(runs)
+    seeds = [res["args"].get("seed") for _, res in runs]
     rows = []
     arms = [a for a in runs[0][1]["arms"] if all(a in res["arms"] for _, res in runs)]
     for arm in arms:
@@ -60,7 +62,7 @@ def pool(runs: list[tuple[str, dict]]) -> list[dict]:
                 dict(
                     arm=arm,
                     eval_set=ev,
-                    seeds=[res["args"].get("seed") for _, res in runs],
+                    seeds=seeds,
                     accuracies=accs,
                     mean=statistics.fmean(accs),
                     spread=max(accs) - min(accs),

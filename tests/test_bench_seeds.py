@@ -28,9 +28,9 @@ def write(tmp_path: Path, name: str, res: dict) -> str:
 
 
 def test_pools_two_seeds(seeds, tmp_path, capsys) -> None:
-    a = write(tmp_path, "a.json", result(0, 168, 0.96))
-    b = write(tmp_path, "b.json", result(1, 148, 0.92))
-    (row,) = seeds.pool([(a, json.loads(Path(a).read_text())), (b, json.loads(Path(b).read_text()))])
+    ra, rb = result(0, 168, 0.96), result(1, 148, 0.92)
+    (row,) = seeds.pool([("a", ra), ("b", rb)])
+    a, b = write(tmp_path, "a.json", ra), write(tmp_path, "b.json", rb)
     # 168/300 = 56.0 %, 148/300 = 49.33 %: mean 52.67 %, spread 6.67 points; pooled 316/600 with
     # Wilson [48.67, 56.63] % (z = 1.96); the arm without a final eval (grpo) gives no row.
     assert row["accuracies"] == pytest.approx([0.56, 148 / 300])

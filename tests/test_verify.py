@@ -251,13 +251,12 @@ def test_numeric_path_needs_no_subprocess(monkeypatch: pytest.MonkeyPatch) -> No
 
     calls: list[tuple[str, str]] = []
     monkeypatch.setattr(core, "helper_equal", lambda a, b, *args, **kw: calls.append((a, b)) or (False, "x"))
-    for pred, ref in [
-        ("so the total is 1,200 dollars.\n#### 1200", "1,200"),
-        ("#### 0.5", "1/2"),
-        ("#### 7", "8"),
+    for pred, ref, correct in [
+        ("so the total is 1,200 dollars.\n#### 1200", "1,200", True),
+        ("#### 0.5", "1/2", True),
+        ("#### 7", "8", False),
     ]:
-        verify(pred, ref)
-    assert verify("so the total is 1,200 dollars.\n#### 1200", "1,200").correct
+        assert verify(pred, ref).correct is correct, (pred, ref)
     assert calls == []
 
 
