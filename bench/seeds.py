@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning import pc, wilson  # noqa: E402
+from learning_report import pc, wilson  # noqa: E402
 
 # Arguments that may differ between the runs pooled: the seed itself, where it wrote, whether the
 # untouched model was evaluated again (its row is not pooled), and the arm list (only arms that every

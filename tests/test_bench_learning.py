@@ -16,16 +16,21 @@ def bench(load_script):
     return load_script(REPO / "bench" / "learning.py")
 
 
-def test_wilson(bench):
-    lo, hi = bench.wilson(0, 300)
+@pytest.fixture(scope="module")
+def report(load_script):
+    return load_script(REPO / "bench" / "learning_report.py")
+
+
+def test_wilson(report):
+    lo, hi = report.wilson(0, 300)
     assert lo == 0.0 and 0.012 < hi < 0.013
-    lo, hi = bench.wilson(150, 300)
+    lo, hi = report.wilson(150, 300)
     assert abs((lo + hi) / 2 - 0.5) < 1e-9 and 0.44 < lo < 0.45
 
 
-def test_checks_pick_the_best_gsm8k_recipe_and_compare_intervals(bench):
+def test_checks_pick_the_best_gsm8k_recipe_and_compare_intervals(report):
     def arm(s, k, n=300, tools=1.0):
-        lo, hi = bench.wilson(k, n)
+        lo, hi = report.wilson(k, n)
         return {"final": {s: {"accuracy": k / n, "ci95": [lo, hi], "tool_call_rate": tools}}}
 
     arms = {
@@ -34,18 +39,18 @@ def test_checks_pick_the_best_gsm8k_recipe_and_compare_intervals(bench):
         "sft": arm("gsm8k", 24),
         "untouched": arm("gsm8k", 4),  # 1.3 % [0.5, 3.4]
     }
-    met = {c["check"]: (c["met"], c["detail"]) for c in bench.checks(arms)}
+    met = {c["check"]: (c["met"], c["detail"]) for c in report.checks(arms)}
     assert met["GSM8K test: best GCPO recipe >= SFT-only"] == (True, "sft+gcpo 10.0 %, sft 8.0 %")
     ok, detail = met["GSM8K test: best GCPO recipe above the untouched model, 95 % intervals not overlapping"]
     assert ok is True and detail.startswith("sft+gcpo 10.0 % (lower bound 7.1 %)")
     arms["sft+gcpo"] = arm("gsm8k", 9)  # 3.0 % [1.6, 5.6]: overlaps the untouched interval
-    met = {c["check"]: c["met"] for c in bench.checks(arms)}
+    met = {c["check"]: c["met"] for c in report.checks(arms)}
     assert (
         met["GSM8K test: best GCPO recipe above the untouched model, 95 % intervals not overlapping"] is False
     )
     assert met["GSM8K test: best GCPO recipe >= SFT-only"] is False
     # nothing evaluated on GSM8K: not measured, and the detail names what was looked for
-    met = {c["check"]: (c["met"], c["detail"]) for c in bench.checks({"sft": arm("arith", 9)})}
+    met = {c["check"]: (c["met"], c["detail"]) for c in report.checks({"sft": arm("arith", 9)})}
     assert met["GSM8K test: best GCPO recipe >= SFT-only"] == (None, "gcpo / sft+gcpo n/a, sft n/a")
 
 
