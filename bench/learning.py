@@ -17,7 +17,8 @@ they see the same rollouts per step as the other arms but train each twice (twic
 Each ratio keeps the clip made for it: GSPO's 3e-4 / 4e-4 for the sequence ratio, GRPO's 0.2 per token.
 The untouched model is always evaluated too (row `untouched`). Every run uses
 configs/embedded_gcpo.yaml (0-shot prompt, python tool, 2 turns of <= 192 tokens), the same seed
-and training problems (`--train-set arith`: builtin:arith_train, `gsm8k`: builtin:gsm8k_train_500)
+and training problems (`--train-set arith`: builtin:arith_train, `gsm8k`: builtin:gsm8k_train_500,
+`gsm8k-full`: GSM8K's 7,473 train rows less the 64 validation rows)
 and the extra dotted overrides given after the flags (they also set the final eval's limits).
 
 Budget = trained sequence passes. An RL arm trains steps x prompts_per_step x group_size x epochs
@@ -74,9 +75,15 @@ from learning_report import cells, checks, plot, table, wilson  # noqa: E402
 from agentic_gcpo.config import load_config  # noqa: E402
 
 ACC, TOOLS = "eval/pass@1", "eval/tools/traj_with_call_frac"
-TRAIN_SETS = {"arith": "builtin:arith_train", "gsm8k": "builtin:gsm8k_train_500"}
+GSM8K_TRAIN = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+# gsm8k-full: the whole GSM8K train split less the 64 validation rows (written under --out at start)
+TRAIN_SETS = {"arith": "builtin:arith_train", "gsm8k": "builtin:gsm8k_train_500", "gsm8k-full": None}
 # curves: a validation split of the training distribution; the test splits are for the final eval only
-VAL_SETS = {"arith": "builtin:arith_val", "gsm8k": "builtin:gsm8k_heldout_64"}  # GSM8K *train* rows 501-564
+VAL_SETS = {  # gsm8k_heldout_64 is GSM8K *train* rows 501-564
+    "arith": "builtin:arith_val",
+    "gsm8k": "builtin:gsm8k_heldout_64",
+    "gsm8k-full": "builtin:gsm8k_heldout_64",
+}
 EVAL_SETS = {
     "arith": "builtin:arith_test",
     "gsm8k": str(REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"),
@@ -105,7 +112,7 @@ def config(args: argparse.Namespace, name: str, extra: list[str]):
         f"run.name={name.replace('+', '-')}",
         f"run.output_dir={args.out / 'runs'}",
         f"run.seed={args.seed}",
-        f"data.path={TRAIN_SETS[args.train_set]}",
+        f"data.path={TRAIN_SETS[args.train_set] or args.out / 'gsm8k_train_full.jsonl'}",
         f"train.steps={steps}",
         f"train.prompts_per_step={args.prompts_per_step}",
         f"train.epochs={epochs}",
@@ -121,6 +128,18 @@ def config(args: argparse.Namespace, name: str, extra: list[str]):
         *args.override,
     ]
     return load_config(REPO / "configs" / "embedded_gcpo.yaml", overrides)
+
+
+def write_gsm8k_full(path: Path) -> int:
+    """GSM8K's train split without the rows of gsm8k_heldout_64 (matched by question), as JSONL at
+    `path`; returns the row count. Those rows are the curves' validation set, so no arm trains on them."""
+    from agentic_gcpo.data import load_problems
+
+    held = {p.question for p in load_problems(VAL_SETS["gsm8k-full"], None, "gsm8k")}
+    rows = [x for x in GSM8K_TRAIN.read_text().splitlines() if x.strip()]
+    keep = [x for x in rows if json.loads(x)["question"] not in held]
+    path.write_text("\n".join(keep) + "\n")
+    return len(keep)
 
 
 def rows_of(run_dir: Path) -> list[dict]:
@@ -293,6 +312,10 @@ def main() -> int:
     if bad or not 0 < args.sft_share < 1:
         p.error(f"unknown arm/eval set {bad} (or --sft-share not in (0, 1))")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.train_set == "gsm8k-full":
+        print(
+            f"gsm8k-full: {write_gsm8k_full(args.out / 'gsm8k_train_full.jsonl')} training rows", flush=True
+        )
     from agentic_gcpo.data import load_problems
 
     problems: dict = {}

@@ -81,3 +81,17 @@ def test_runs_reports_a_failed_arm_and_stops_on_ctrl_c(bench, tmp_path, monkeypa
     assert (tmp_path / "learning.png").exists()
     out = capsys.readouterr().out
     assert "| gcpo |" in out and "grpo (error: RuntimeError: boom)" in out
+
+
+def test_gsm8k_full_leaves_out_the_validation_rows(bench, tmp_path):
+    from agentic_gcpo.data import load_problems
+
+    if not bench.GSM8K_TRAIN.is_file():
+        pytest.skip(f"GSM8K train split not at {bench.GSM8K_TRAIN} (it comes with ../shared)")
+    n = bench.write_gsm8k_full(tmp_path / "full.jsonl")
+    full = load_problems(tmp_path / "full.jsonl", None, "gsm8k")
+    held = load_problems(bench.VAL_SETS["gsm8k-full"], None, "gsm8k")
+    assert n == len(full) == 7473 - 64  # the train split's 7,473 rows less the 64 validation rows
+    assert not {p.question for p in full} & {p.question for p in held}
+    # the training rows keep their order: the 500 builtin rows first, then what follows the 64
+    assert [p.question for p in full[:500]] == [p.question for p in load_problems(bench.TRAIN_SETS["gsm8k"])]
