@@ -163,6 +163,14 @@ class GoldenConfig(_Section):
     replace: Literal["last", "first", "longest"] = Field(
         "last", description="Which failed member is replaced."
     )
+    over_limits: Literal["keep", "refuse"] = Field(
+        "keep",
+        description="A golden longer than the rollout limits (an assistant turn over "
+        "rollout.max_new_tokens_per_turn, more than rollout.max_turns turns, or over "
+        "rollout.max_total_tokens in all) is one no rollout could be. 'keep' injects / trains on it "
+        "anyway; 'refuse' refuses it. Counted either way (gcpo/golden_over_limits, "
+        "sft/goldens_over_limits): a count above 0 says the limits are too tight for the goldens.",
+    )
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
 
     @model_validator(mode="after")

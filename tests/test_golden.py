@@ -6,6 +6,7 @@ import pytest
 
 from agentic_gcpo.data import Problem, load_problems
 from agentic_gcpo.ledger import Source
+from agentic_gcpo.rollout.agent_loop import LoopLimits
 from agentic_gcpo.rollout.chat import ChatFormat
 from agentic_gcpo.rollout.golden import GoldenSource, python_expr, reference_turns
 
@@ -120,3 +121,31 @@ def test_golden_from_row_messages(source):
     ]
     g = source.get(Problem("m", "6 times 7?", "42", "", golden=msgs), 0)
     assert g is not None and [c.observation for c in g.tool_calls] == ["42"]
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_a_golden_longer_than_the_rollout_limits_is_counted_and_refused_if_asked(
+    tiny, python_tools, sandbox, rows, refuse
+):
+    _, tok = tiny
+    chat = ChatFormat(tok, python_tools)
+    fits = GoldenSource(chat, python_tools, sandbox, limits=LoopLimits(2, 4096, 1 << 16))
+    g = fits.get(rows[0], 0)
+    assert g is not None and fits.stats.over_limits == 0
+    n = len(g.turn_texts)  # policy tokens per assistant turn; the last one ends with end-of-turn
+    longest = max(len(chat.encode_assistant(t, close_turn=k == n - 1)) for k, t in enumerate(g.turn_texts))
+    cases = [  # each limit one token short of this golden: a turn, the turn count, the total
+        LoopLimits(2, longest - 1, 1 << 16),
+        LoopLimits(1, 4096, 1 << 16),
+        LoopLimits(2, 4096, len(g.token_ids) - 1),
+    ]
+    for k, lim in enumerate(cases):
+        src = GoldenSource(chat, python_tools, sandbox, limits=lim, refuse_over_limits=refuse)
+        got = src.get(rows[0], 0)
+        assert src.stats.over_limits == 1, k
+        assert (got is None) == refuse, k
+        assert src.stats.built == (0 if refuse else 1), k
+    # exactly at the limits: a rollout could have written it
+    exact = LoopLimits(2, longest, len(g.token_ids))
+    src = GoldenSource(chat, python_tools, sandbox, limits=exact, refuse_over_limits=True)
+    assert src.get(rows[0], 0) is not None and src.stats.over_limits == 0

@@ -57,7 +57,7 @@ class ScriptedLoop:
         pass
 
 
-def _trainer(tmp_path, tiny, name: str) -> Trainer:
+def _trainer(tmp_path, tiny, name: str, *extra: str) -> Trainer:
     data = tmp_path / "q.jsonl"
     rows = [{"id": f"q{i}", "prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(12)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -74,6 +74,7 @@ def _trainer(tmp_path, tiny, name: str) -> Trainer:
             "train.max_sampling_rounds=3",
             "engine.dtype=float32",
             "train.save_final=false",
+            *extra,
         ],
     )
     tr = Trainer(cfg, model=tiny[0], tokenizer=tiny[1])
@@ -129,3 +130,15 @@ def test_a_golden_whose_tool_call_fails_is_refused_and_counted(tmp_path, tiny):
     assert m["gcpo/golden_tool_errors"] == 2.0 and m["gcpo/injected"] == 0.0  # two all-fail groups
     assert m["gcpo/golden_verify_failures"] == 0.0
     assert not any(t.is_golden for t in batch)
+
+
+def test_goldens_over_the_rollout_limits_are_counted_per_step(tmp_path, tiny):
+    tr = _trainer(tmp_path, tiny, "gcpo", "rollout.max_new_tokens_per_turn=4", "golden.over_limits=refuse")
+    try:
+        batch, m = tr.sample(0, Timer())
+    finally:
+        tr.close()
+    # the script's first round has two all-fail groups; each one's golden ("The answer is
+    # \\boxed{n}.") is longer than a 4-token turn, so it is counted and refused
+    assert m["gcpo/all_fail_groups"] == 2.0 and m["gcpo/golden_over_limits"] == 2.0
+    assert m["gcpo/injected"] == 0.0 and not any(t.is_golden for t in batch)

@@ -15,6 +15,7 @@ from agentic_gcpo.cli import main
 from agentic_gcpo.config import ConfigError, load_config
 from agentic_gcpo.data import Problem, load_problems
 from agentic_gcpo.ledger import Source, Trajectory
+from agentic_gcpo.rollout.agent_loop import LoopLimits
 from agentic_gcpo.rollout.chat import ChatFormat
 from agentic_gcpo.rollout.golden import GoldenSource
 from agentic_gcpo.train.sft import build_goldens, lr_at, sft_loss, sft_step
@@ -145,6 +146,27 @@ def test_refused_goldens_are_counted(tiny, python_tools, sandbox):
     assert gs.metrics()["sft/goldens_refused"] == 3
     kept = build_goldens(problems[3:], src, require_tool_call=False)
     assert len(kept.goldens) == 1 and kept.metrics()["sft/goldens_refused"] == 0
+
+
+def test_goldens_over_the_rollout_limits_are_counted_and_refused_if_asked(tiny, python_tools, sandbox):
+    chat = ChatFormat(tiny[1], python_tools)
+    problems = [Problem("ok", "Half of 48?", "24", "Half is <<48/2=24>>24.")]
+    tight = LoopLimits(2, 4, 1024)  # every turn of this golden is longer than 4 tokens
+    for refuse in (False, True):
+        src = GoldenSource(chat, python_tools, sandbox, limits=tight, refuse_over_limits=refuse)
+        gs = build_goldens(problems, src)
+        assert len(gs.goldens) == (0 if refuse else 1), refuse
+        assert gs.over_limits == 1 and gs.metrics()["sft/goldens_over_limits"] == 1.0
+        assert gs.unsolved == 0 and gs.refused == (1 if refuse else 0)  # refused for length, not unsolved
+        assert gs.over_limits_text().endswith("(refused)" if refuse else "(kept: golden.over_limits=keep)")
+
+
+def test_sft_refusing_every_golden_for_length_says_so(tmp_path, capsys):
+    args = [f"run.output_dir={tmp_path}", "sft.limit=2", "golden.over_limits=refuse"]
+    assert main(["sft", "-c", TINY, *args, "rollout.max_new_tokens_per_turn=4"]) == 2
+    err = capsys.readouterr().err
+    assert "no usable golden trajectory" in err and "2 longer than the rollout limits (refused)" in err
+    assert "Traceback" not in err
 
 
 def test_lr_schedule_warms_up_then_decays():

@@ -11,7 +11,8 @@ is used when present, whatever the source.
 
 Every golden trajectory is verified with the same verifier as rollouts before it may be injected;
 one that fails is never injected and is counted. So is one whose tool call returned an error (or
-names an unknown tool): its calls are what it teaches.
+names an unknown tool): its calls are what it teaches. One longer than the rollout limits is
+counted, and refused under golden.over_limits='refuse'.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from agentic_gcpo.data import Problem
 from agentic_gcpo.ledger import Source, ToolCallRecord, Trajectory
+from agentic_gcpo.rollout.agent_loop import LoopLimits
 from agentic_gcpo.rollout.chat import ChatFormat
 from agentic_gcpo.rollout.golden_teacher import TeacherGoldens
 from agentic_gcpo.tool_registry import ToolContext
@@ -91,6 +93,15 @@ class GoldenStats:
     built: int = 0
     verify_failures: int = 0  # goldens refused by the verifier
     tool_errors: int = 0  # goldens refused because a tool call failed (error status or unknown tool)
+    over_limits: int = 0  # verified goldens longer than the rollout limits (refused only if asked)
+
+    def refusals(self) -> dict[str, int]:
+        """The counters a step reports as differences, named as their gcpo/* metrics."""
+        return {
+            "golden_verify_failures": self.verify_failures,
+            "golden_tool_errors": self.tool_errors,
+            "golden_over_limits": self.over_limits,
+        }
 
 
 class GoldenSource:
@@ -104,9 +115,12 @@ class GoldenSource:
         verify_timeout_s: float = 2.0,
         style: str = "restate",
         teacher: TeacherGoldens | None = None,
+        limits: LoopLimits | None = None,
+        refuse_over_limits: bool = False,
     ) -> None:
         self.chat, self.tools, self.sandbox = chat, tools, sandbox
         self.verify_timeout_s, self.style, self.teacher = verify_timeout_s, style, teacher
+        self.limits, self.refuse_over_limits = limits, refuse_over_limits
         self.stats = GoldenStats()
         self._cache: dict[str, Trajectory | None] = {}
         self._lock = threading.Lock()
@@ -163,11 +177,13 @@ class GoldenSource:
         traj = Trajectory(problem_id=problem.id, group_id=-1, reference=problem.reference, is_golden=True)
         traj.append(self.chat.prompt_ids(problem.question), Source.PROMPT)
         session = f"golden-{uuid.uuid4().hex[:8]}"
+        turn_lengths = []  # policy tokens per assistant turn, as the loop's per-turn limit counts them
         try:
             for k, (text, calls) in enumerate(turns):
                 last = k == len(turns) - 1
                 ids = self.chat.encode_assistant(text, close_turn=last)
                 traj.append(ids, Source.SAMPLED)
+                turn_lengths.append(len(ids))
                 traj.turn_texts.append(text)
                 if last:
                     break
@@ -198,8 +214,22 @@ class GoldenSource:
         if not result.correct:
             self.stats.verify_failures += 1
             return None
+        if self._over_limits(turn_lengths, len(traj.token_ids)):
+            self.stats.over_limits += 1
+            if self.refuse_over_limits:
+                return None
         self.stats.built += 1
         return traj
+
+    def _over_limits(self, turn_lengths: list[int], total: int) -> bool:
+        lim = self.limits
+        if lim is None:
+            return False
+        return (
+            max(turn_lengths, default=0) > lim.max_new_tokens_per_turn
+            or len(turn_lengths) > lim.max_turns
+            or total > lim.max_total_tokens
+        )
 
     def _call(self, call: dict[str, Any], session: str) -> Any:
         t = self.tools.get(call.get("name"))

@@ -24,18 +24,16 @@ def pick_member(group: list[Trajectory], rule: str) -> int:
     return len(group) - 1
 
 
-def inject(
-    tr: Any, trajs: list[Trajectory], problems: list[Problem], first_gid: int
-) -> tuple[int, int, int, int]:
+def inject(tr: Any, trajs: list[Trajectory], problems: list[Problem], first_gid: int) -> dict[str, int]:
     """GCPO: a verified golden replaces one member of each group in which every rollout failed.
 
-    Returns (injected, all-fail groups, goldens refused by the verifier, goldens refused because a
-    tool call in them failed)."""
+    Returns counts named as their gcpo/* metrics: injected, all_fail_groups, and the goldens built
+    in this call that were refused by the verifier, refused for a failed tool call, or longer than
+    the rollout limits (GoldenStats.refusals)."""
     cfg = tr.cfg
     G = cfg.rollout.group_size
     injected = candidates = 0
-    failures_before = tr.golden.stats.verify_failures
-    tool_errors_before = tr.golden.stats.tool_errors
+    before = tr.golden.stats.refusals()
     if tr.algo.injects_golden and cfg.golden.enabled:
         all_fail = [
             gi for gi in range(len(problems)) if not any(t.correct for t in trajs[gi * G : (gi + 1) * G])
@@ -49,12 +47,8 @@ def inject(
             group = trajs[gi * G : (gi + 1) * G]
             trajs[gi * G + pick_member(group, cfg.golden.replace)] = g
             injected += 1
-    return (
-        injected,
-        candidates,
-        tr.golden.stats.verify_failures - failures_before,
-        tr.golden.stats.tool_errors - tool_errors_before,
-    )
+    after = tr.golden.stats.refusals()
+    return {"injected": injected, "all_fail_groups": candidates} | {k: after[k] - before[k] for k in after}
 
 
 def sample(tr: Any, step: int, timer: Timer) -> tuple[list[Trajectory], dict[str, float]]:
@@ -63,7 +57,8 @@ def sample(tr: Any, step: int, timer: Timer) -> tuple[list[Trajectory], dict[str
     G, target = cfg.rollout.group_size, tr.local_prompts  # this rank's share of the problems
     batch: list[Trajectory] = []
     own: list[Trajectory] = []  # the policy's rollouts, before injection or filtering
-    n_problems = injected = candidates = refused = tool_refused = rounds = 0
+    n_problems = rounds = 0
+    counts: dict[str, int] = {}  # inject()'s counts, summed over the rounds
     informative: list[list[Trajectory]] = []  # groups with mixed correctness, every round
     last_degenerate: list[list[Trajectory]] = []  # all-equal groups of the latest round
     penalties: list[float] = []
@@ -85,14 +80,9 @@ def sample(tr: Any, step: int, timer: Timer) -> tuple[list[Trajectory], dict[str
             )
         own += new
         with timer("golden"):
-            i, c, r, e = tr.inject(new, problems, first_gid)
-        n_problems, injected, candidates, refused, tool_refused = (
-            n_problems + len(problems),
-            injected + i,
-            candidates + c,
-            refused + r,
-            tool_refused + e,
-        )
+            for k, v in tr.inject(new, problems, first_gid).items():
+                counts[k] = counts.get(k, 0) + v
+        n_problems += len(problems)
         # Informative = mixed correctness (after injection), as verl's DAPO recipe filters on acc.
         groups = [new[k : k + G] for k in range(0, len(new), G)]
         informative += [g for g in groups if len({t.correct for t in g}) > 1]
@@ -118,20 +108,16 @@ def sample(tr: Any, step: int, timer: Timer) -> tuple[list[Trajectory], dict[str
     dropped = n_problems - len(batch) // G  # groups generated but not trained on
     n_batch = len(batch)
     if tr.dist.active:  # the whole step's rollouts and counts, as one process would log them
-        parts = tr.dist.gather((own, penalties, n_problems, injected, candidates, refused, tool_refused))
+        parts = tr.dist.gather((own, penalties, n_problems, counts))
         own, penalties = [t for p in parts for t in p[0]], [x for p in parts for x in p[1]]
-        n_problems, injected, candidates, refused, tool_refused = (
-            sum(p[k] for p in parts) for k in range(2, 7)
-        )
+        n_problems = sum(p[2] for p in parts)
+        counts = {k: sum(p[3][k] for p in parts) for k in counts}
         dropped, n_batch = (int(x) for x in tr.dist.sum([dropped, n_batch]))
     metrics = rollout_metrics(own)
     metrics.update(
         {
-            "gcpo/injected_frac": injected / max(1, n_problems),
-            "gcpo/injected": float(injected),
-            "gcpo/all_fail_groups": float(candidates),
-            "gcpo/golden_verify_failures": float(refused),
-            "gcpo/golden_tool_errors": float(tool_refused),
+            "gcpo/injected_frac": counts["injected"] / max(1, n_problems),
+            **{f"gcpo/{k}": float(v) for k, v in counts.items()},
             "sampling/rounds": float(rounds),
             "sampling/dropped_groups": float(dropped),
             "sampling/train_seqs": float(n_batch),

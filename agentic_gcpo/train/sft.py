@@ -119,6 +119,14 @@ class GoldenSet:
     tool_errors: int  # its tool call failed or named an unknown tool
     no_tool_call: int  # tool-free, refused under sft.require_tool_call
     unsolved: int  # golden.source='teacher': no verified teacher rollout
+    over_limits: int = 0  # longer than the rollout limits
+    over_limits_refused: bool = False  # golden.over_limits='refuse': those are among the refused
+
+    def over_limits_text(self) -> str:
+        if not self.over_limits:
+            return ""
+        fate = "refused" if self.over_limits_refused else "kept: golden.over_limits=keep"
+        return f"; {self.over_limits} longer than the rollout limits ({fate})"
 
     @property
     def refused(self) -> int:
@@ -132,12 +140,13 @@ class GoldenSet:
             "sft/goldens_tool_errors": float(self.tool_errors),
             "sft/goldens_no_tool_call": float(self.no_tool_call),
             "sft/goldens_unsolved": float(self.unsolved),
+            "sft/goldens_over_limits": float(self.over_limits),
         }
 
 
 def build_goldens(problems: list[Problem], source: Any, require_tool_call: bool = True) -> GoldenSet:
     """One verified golden per problem that has one (`source`: a rollout.golden.GoldenSource)."""
-    v0, e0 = source.stats.verify_failures, source.stats.tool_errors
+    v0, e0, o0 = source.stats.verify_failures, source.stats.tool_errors, source.stats.over_limits
     source.prefetch(problems)  # a teacher solves them all in one batched run
     out, no_call, missing = [], 0, 0
     for gid, p in enumerate(problems):
@@ -150,9 +159,10 @@ def build_goldens(problems: list[Problem], source: Any, require_tool_call: bool 
             out.append(g)
     verify_failures = source.stats.verify_failures - v0
     tool_errors = source.stats.tool_errors - e0
-    return GoldenSet(
-        out, len(problems), verify_failures, tool_errors, no_call, missing - verify_failures - tool_errors
-    )
+    over = source.stats.over_limits - o0
+    refuses = bool(getattr(source, "refuse_over_limits", False))
+    unsolved = missing - verify_failures - tool_errors - (over if refuses else 0)
+    return GoldenSet(out, len(problems), verify_failures, tool_errors, no_call, unsolved, over, refuses)
 
 
 def no_golden_message(gs: GoldenSet, data_path: str) -> str:
@@ -160,7 +170,7 @@ def no_golden_message(gs: GoldenSet, data_path: str) -> str:
         f"no usable golden trajectory in {data_path}: of {gs.problems} problems, "
         f"{gs.verify_failures} goldens failed verification, {gs.tool_errors} had a failing tool call, "
         f"{gs.no_tool_call} made no tool call (sft.require_tool_call=true), {gs.unsolved} were not "
-        "solved by the teacher. Reference goldens need worked solutions whose calculator annotations "
+        f"solved by the teacher{gs.over_limits_text()}. Reference goldens need worked solutions whose calculator annotations "
         "(<<48/2=24>>) become python calls, or a row's own `golden` message list; otherwise use "
         "golden.source=teacher, or sft.require_tool_call=false to train on tool-free solutions."
     )
@@ -222,7 +232,19 @@ class SFTRun:
         # golden.enabled switches GCPO's injection; SFT always wants the configured source.
         as_enabled = self.cfg.model_copy(update={"golden": g.model_copy(update={"enabled": True})})
         self.teacher = teacher_from_config(as_enabled, self.tools, self.sandbox)
-        return GoldenSource(self.chat, self.tools, self.sandbox, style=g.style, teacher=self.teacher)
+        from agentic_gcpo.rollout.agent_loop import LoopLimits
+
+        r = self.cfg.rollout
+        return GoldenSource(
+            self.chat,
+            self.tools,
+            self.sandbox,
+            style=g.style,
+            teacher=self.teacher,
+            # the loop's limits: what a policy trained on these goldens may write when it is run
+            limits=LoopLimits(r.max_turns, r.max_new_tokens_per_turn, r.max_total_tokens),
+            refuse_over_limits=g.over_limits == "refuse",
+        )
 
     def evaluate(self) -> dict[str, float]:
         """Held-out accuracy and tool use, as the trainer's in-training eval (greedy by default)."""
@@ -269,7 +291,8 @@ class SFTRun:
             print(
                 f"goldens: {len(gs.goldens)} of {gs.problems} problems ({gs.refused} refused: "
                 f"{gs.verify_failures} unverified, {gs.tool_errors} tool errors, {gs.no_tool_call} "
-                f"without a tool call, {gs.unsolved} unsolved) in {time.perf_counter() - t0:.0f}s",
+                f"without a tool call, {gs.unsolved} unsolved{gs.over_limits_text()}) "
+                f"in {time.perf_counter() - t0:.0f}s",
                 flush=True,
             )
             self.logger.log(0, {**gs.metrics(), "time/goldens_s": time.perf_counter() - t0})

@@ -171,6 +171,8 @@ class Trainer:
             self.sandbox,
             style=cfg.golden.style,
             teacher=teacher_from_config(cfg, self.tools, self.sandbox) if self.algo.injects_golden else None,
+            limits=self.loop.limits,
+            refuse_over_limits=cfg.golden.over_limits == "refuse",
         )
         self.opt = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],  # with LoRA: the adapters only
