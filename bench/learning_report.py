@@ -159,7 +159,8 @@ def plot(res: dict, path: Path, curve_set: str) -> None:
     ax[2].set(title=f"final greedy pass@1 (95 % Wilson), first {res['args']['final_limit']}", ylim=(0, 1.02))
     for a in ax:
         a.grid(alpha=0.3)
-        a.legend(fontsize=8)
+        if a.get_legend_handles_labels()[0]:  # an SFT-only run without curve evals draws no curve
+            a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
