@@ -117,11 +117,23 @@ def test_engine_samples_the_merged_model(lora_run, dtype) -> None:
             if ".lora_B." in n:
                 p.add_(0.01)
     plain.load_state_dict(lora.merged_state_dict(tr.peft_model))
+    x = torch.tensor(prompts[:1])
+    with torch.no_grad():
+        stale = ours.sampler(x).logits.float()  # the sampling copy before it follows the adapters
     ours.update_weights(None)
     ref.update_weights(None)
-    got = [c.token_ids for c in ours.generate(prompts, params)]
-    want = [c.token_ids for c in ref.generate(prompts, params)]
-    assert got == want
+    if dtype == "float32":
+        got = [c.token_ids for c in ours.generate(prompts, params)]
+        want = [c.token_ids for c in ref.generate(prompts, params)]
+        assert got == want
+        return
+    # bf16 rounds W + BA (merged) and W, A, B (adapters kept) differently, so on a random tiny model
+    # two greedy paths can part at a near-tie (they did on an AVX2 CPU, not on an AVX512/AMX one).
+    # What must hold: the copy follows the update, and lands on the merged model within bf16 noise.
+    with torch.no_grad():
+        got, want = ours.sampler(x).logits.float(), ref.sampler(x).logits.float()
+    moved, off = float((want - stale).abs().max()), float((got - want).abs().max())
+    assert off < 0.25 * moved, (off, moved)
 
 
 def test_lora_config_is_checked(tmp_path) -> None:
