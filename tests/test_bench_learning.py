@@ -86,8 +86,6 @@ def test_runs_reports_a_failed_arm_and_stops_on_ctrl_c(bench, tmp_path, monkeypa
 def test_gsm8k_full_leaves_out_the_validation_rows(bench, tmp_path):
     from agentic_gcpo.data import load_problems
 
-    if not bench.GSM8K_TRAIN.is_file():
-        pytest.skip(f"GSM8K train split not at {bench.GSM8K_TRAIN} (it comes with ../shared)")
     n = bench.write_gsm8k_full(tmp_path / "full.jsonl")
     full = load_problems(tmp_path / "full.jsonl", None, "gsm8k")
     held = load_problems(bench.VAL_SETS["gsm8k-full"], None, "gsm8k")

@@ -160,7 +160,7 @@ def build_goldens(problems: list[Problem], source: Any, require_tool_call: bool 
     verify_failures = source.stats.verify_failures - v0
     tool_errors = source.stats.tool_errors - e0
     over = source.stats.over_limits - o0
-    refuses = bool(getattr(source, "refuse_over_limits", False))
+    refuses = source.refuse_over_limits
     unsolved = missing - verify_failures - tool_errors - (over if refuses else 0)
     return GoldenSet(out, len(problems), verify_failures, tool_errors, no_call, unsolved, over, refuses)
 
