@@ -222,7 +222,7 @@ def final_eval(model: str, args: argparse.Namespace, problems: dict) -> dict:
 
     cfg, out = config(args, "gcpo", []), {}
     r = cfg.rollout
-    limits = LoopLimits(r.max_turns, r.max_new_tokens_per_turn, r.max_total_tokens, 0.0, 1.0, r.tool_threads)
+    limits = LoopLimits.from_rollout(r, temperature=0.0, top_p=1.0)  # greedy pass@1
     for name, probs in problems.items():
         if isinstance(probs, str):  # the set could not be loaded
             out[name] = {"error": probs}

@@ -231,3 +231,23 @@ def test_a_trajectory_takes_its_next_turn_while_another_is_still_decoding(tiny, 
     when = {(ev, phrase, turn): poll for ev, phrase, turn, poll in eng.log}
     assert when[("submit", "apples", 1)] < when[("done", "pears", 0)]
     assert when[("done", "apples", 1)] < when[("done", "pears", 0)]
+
+
+def test_limits_from_a_rollout_config():
+    """Training loops take the rollout section whole; eval and golden writers pass their own
+    sampling but keep the rollout's token budgets (what the policy may write in training)."""
+    from agentic_gcpo.config import load_config
+
+    r = load_config(
+        None,
+        [
+            "rollout.max_turns=3",
+            "rollout.max_new_tokens_per_turn=96",
+            "rollout.max_total_tokens=700",
+            "rollout.temperature=0.8",
+            "rollout.top_p=0.9",
+            "rollout.tool_threads=2",
+        ],
+    ).rollout
+    assert LoopLimits.from_rollout(r) == LoopLimits(3, 96, 700, 0.8, 0.9, 2)
+    assert LoopLimits.from_rollout(r, temperature=0.0, top_p=1.0) == LoopLimits(3, 96, 700, 0.0, 1.0, 2)

@@ -117,6 +117,16 @@ def test_repl_session_with_a_tool_using_model(tool_model, tmp_path):
     child.expect(r"\[tool · mask 0 · not trained on")
     child.expect_exact(PROMPT)
 
+    # under a 2-token turn the policy could not write that golden: shown, and flagged as training flags it
+    child.sendline("/set tokens 2")
+    child.expect_exact(PROMPT)
+    child.sendline("/golden")
+    child.expect("GOLDEN trajectory")
+    child.expect(r"note: it is longer than the loop's limits \(tokens/turn 2, turns \d+, budget \d+\)")
+    child.expect_exact(PROMPT)
+    child.sendline("/set tokens 256")
+    child.expect_exact(PROMPT)
+
     child.sendline(f"/save {saved}")
     child.expect("appended 3 trajectories")
     child.expect_exact(PROMPT)
@@ -180,3 +190,29 @@ def test_help_ctrl_c_during_generation_and_ctrl_d(tmp_path):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+@pytest.mark.parametrize("over_limits", ["keep", "refuse"])
+def test_golden_longer_than_the_session_limits(over_limits, sandbox):
+    """/golden checks the golden against the session's limits, as the trainer checks its rollout
+    limits: kept with a note (golden.over_limits=keep), or refused with the reason (refuse)."""
+    from agentic_gcpo.config import load_config
+    from agentic_gcpo.repl.session import Session, SessionError
+
+    cfg = load_config(None, [f"golden.over_limits={over_limits}", "engine.dtype=float32"])
+    s = Session(cfg, ["python"], sandbox=sandbox)
+    s.load_model("tiny")
+    try:
+        s.set_problem(Problem("p", QUESTION, "7", "", GOLDEN), has_reference=True)
+        assert s.build_golden().is_golden and s.golden_note is None  # fits the default limits
+        s.set_value("tokens", "2")
+        if over_limits == "keep":
+            g = s.build_golden()
+            assert g.is_golden and s.golden is g
+            assert "longer than the loop's limits (tokens/turn 2" in s.golden_note
+        else:
+            with pytest.raises(SessionError, match=r"longer than the loop's limits .* is 'refuse'"):
+                s.build_golden()
+    finally:
+        s.sandbox = None  # the module's shared sandbox; the fixture closes it
+        s.close()

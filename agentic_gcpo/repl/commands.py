@@ -106,6 +106,8 @@ def _golden(r: Repl, args: list[str]) -> None:
     g = r.session.build_golden()
     r.printer().replay(g)
     r.show_tokens(g)
+    if r.session.golden_note:
+        r.say(r.session.golden_note)
 
 
 def _tools(r: Repl, args: list[str]) -> None:

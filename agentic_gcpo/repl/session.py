@@ -61,6 +61,7 @@ class Session:
     has_reference: bool = False
     last: list[Trajectory] = field(default_factory=list)  # the last run's trajectories
     golden: Trajectory | None = None  # the last /golden, for /save
+    golden_note: str | None = None  # why the last /golden could not be written under the limits
     seed: int = 0
     model_name: str = ""
     model: Any = None
@@ -73,14 +74,7 @@ class Session:
 
     def __post_init__(self) -> None:
         r = self.cfg.rollout
-        self.limits = LoopLimits(
-            max_turns=r.max_turns,
-            max_new_tokens_per_turn=r.max_new_tokens_per_turn,
-            max_total_tokens=r.max_total_tokens,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            tool_threads=r.tool_threads,
-        )
+        self.limits = LoopLimits.from_rollout(r)
         self.seed = self.cfg.run.seed
 
     # --- model, tools, loop -------------------------------------------------------------------
@@ -223,14 +217,36 @@ class Session:
                 "this problem has no worked solution or golden messages, so there is no golden "
                 "trajectory; /load one from a dataset that has them (e.g. builtin:gsm8k_train_500)"
             )
-        src = GoldenSource(self.chat, self.tools, self.sandbox, style=self.cfg.golden.style)
+        # The session's limits (as /set left them): the trainer checks goldens against its rollout
+        # limits, so a golden the policy could not write under them is flagged here as there.
+        refuse = self.cfg.golden.over_limits == "refuse"
+        src = GoldenSource(
+            self.chat,
+            self.tools,
+            self.sandbox,
+            style=self.cfg.golden.style,
+            limits=self.limits,
+            refuse_over_limits=refuse,
+        )
         g = src.get(p, 0)
+        lim = self.limits
+        over = (
+            f"it is longer than the loop's limits (tokens/turn {lim.max_new_tokens_per_turn}, turns "
+            f"{lim.max_turns}, budget {lim.max_total_tokens})"
+        )
         if g is None:
-            why = (
-                "the verifier refused it (its answer does not match the reference)"
-                if src.stats.verify_failures
-                else "a tool call in it failed or names a tool that is off (try /tools on)"
-            )
+            if src.stats.over_limits:
+                why = f"{over} and golden.over_limits is 'refuse'; /set tokens|turns|budget to see it"
+            elif src.stats.verify_failures:
+                why = "the verifier refused it (its answer does not match the reference)"
+            else:
+                why = "a tool call in it failed or names a tool that is off (try /tools on)"
             raise SessionError(f"no golden for this problem: {why}")
         self.golden = g
+        self.golden_note = (
+            f"note: {over}: the policy could not write it in this loop; training counts such goldens "
+            "in gcpo/golden_over_limits (golden.over_limits=refuse drops them)"
+            if src.stats.over_limits
+            else None
+        )
         return g

@@ -46,6 +46,23 @@ class LoopLimits:
     top_p: float = 1.0
     tool_threads: int = 8
 
+    @classmethod
+    def from_rollout(
+        cls, rollout: Any, temperature: float | None = None, top_p: float | None = None
+    ) -> LoopLimits:
+        """The limits of a config's `rollout:` section (config.RolloutConfig). Training samples at
+        its temperature; evaluation passes its own (eval.temperature, greedy by default) with top_p 1,
+        and a golden writer passes the teacher's; the token budgets stay the rollout's so that what
+        is evaluated or imitated is what the policy may write in training."""
+        return cls(
+            max_turns=rollout.max_turns,
+            max_new_tokens_per_turn=rollout.max_new_tokens_per_turn,
+            max_total_tokens=rollout.max_total_tokens,
+            temperature=rollout.temperature if temperature is None else temperature,
+            top_p=rollout.top_p if top_p is None else top_p,
+            tool_threads=rollout.tool_threads,
+        )
+
 
 @dataclass
 class _Episode:

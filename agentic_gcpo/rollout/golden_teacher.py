@@ -173,9 +173,7 @@ def teacher_from_config(cfg: Any, tools: dict[str, Any], sandbox: Any) -> Teache
         chat_args={"call_format": p.call_format, "system": p.system, "fewshot": p.fewshot},
         tools=tools,
         sandbox=sandbox,
-        limits=LoopLimits(
-            r.max_turns, r.max_new_tokens_per_turn, r.max_total_tokens, t.temperature, 1.0, r.tool_threads
-        ),
+        limits=LoopLimits.from_rollout(r, temperature=t.temperature, top_p=1.0),
         samples=t.samples,
         engine_args={"backend": e.backend, "dtype": e.dtype, "max_batch_size": e.max_batch_size},
         cache_path=t.cache,

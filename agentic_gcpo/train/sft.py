@@ -242,7 +242,7 @@ class SFTRun:
             style=g.style,
             teacher=self.teacher,
             # the loop's limits: what a policy trained on these goldens may write when it is run
-            limits=LoopLimits(r.max_turns, r.max_new_tokens_per_turn, r.max_total_tokens),
+            limits=LoopLimits.from_rollout(r),
             refuse_over_limits=g.over_limits == "refuse",
         )
 
@@ -266,9 +266,7 @@ class SFTRun:
             )
         self.engine.update_weights(None)  # sample from the current weights (and drop stale KV caches)
         r, e = c.rollout, c.eval
-        limits = LoopLimits(
-            r.max_turns, r.max_new_tokens_per_turn, r.max_total_tokens, e.temperature, 1.0, r.tool_threads
-        )
+        limits = LoopLimits.from_rollout(r, temperature=e.temperature, top_p=1.0)
         return eval_metrics(
             self.engine, self.chat, self.tools, self.sandbox, self.eval_problems, limits, k=e.k
         )

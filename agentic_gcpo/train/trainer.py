@@ -156,14 +156,7 @@ class Trainer:
             self.chat,
             self.tools,
             self.sandbox,
-            LoopLimits(
-                r.max_turns,
-                r.max_new_tokens_per_turn,
-                r.max_total_tokens,
-                r.temperature,
-                r.top_p,
-                r.tool_threads,
-            ),
+            LoopLimits.from_rollout(r),
         )
         self.golden = GoldenSource(
             self.chat,
@@ -243,9 +236,7 @@ class Trainer:
         if not self.eval_problems or not self.dist.is_main:  # rank 0 evaluates; the others wait
             return {}
         e, r = self.cfg.eval, self.cfg.rollout
-        limits = LoopLimits(
-            r.max_turns, r.max_new_tokens_per_turn, r.max_total_tokens, e.temperature, 1.0, r.tool_threads
-        )
+        limits = LoopLimits.from_rollout(r, temperature=e.temperature, top_p=1.0)
         return eval_metrics(
             self.engine, self.chat, self.tools, self.sandbox, self.eval_problems, limits, k=e.k, seed=0
         )
