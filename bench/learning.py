@@ -7,7 +7,8 @@ plus the paper's ablations, judged on >= 300 held-out problems per eval set.
         --group-size 2 --eval-every 1 --eval-limit 2 --final-limit 3 rollout.max_new_tokens_per_turn=16
 
 Arms (`--arms`, default all): `gcpo` (from the untouched model), `grpo`, `gpg`, `sft` (SFT only),
-`sft+gcpo` (SFT, then GCPO from its checkpoint), `gcpo-decay` (gcpo with the lr decayed to a
+`sft+gcpo` (SFT, then GCPO from its checkpoint), `sft+grpo` (the same SFT stage, then GRPO: the
+control that says what GCPO adds after SFT), `gcpo-decay` (gcpo with the lr decayed to a
 tenth by a cosine: constant-1e-4 GCPO runs lose their tool use late, to turns that never end:
 after ~8 updates of 2 x G=8, after ~28 of 4 x G=4), and the ablations `gcpo-noinject`
 (golden.enabled=false) and the ratio pair `gcpo-seq-ratio` / `gcpo-token-ratio`. With one
@@ -24,7 +25,7 @@ and the extra dotted overrides given after the flags (they also set the final ev
 Budget = trained sequence passes. An RL arm trains steps x prompts_per_step x group_size x epochs
 (each rollout sequence is generated once, trained `epochs` times). `sft` trains the same number of
 golden sequence passes (sft.limit = budget / --sft-epochs problems, batches of 8, warmup 1, cosine).
-`sft+gcpo` splits it: --sft-share (0.5) of the passes go to its SFT stage, then GCPO runs
+`sft+gcpo` (and `sft+grpo`) split it: --sft-share (0.5) of the passes go to the SFT stage, then RL runs
 round((1 - share) x steps) steps at --rl-lr (1e-5: at --lr's 1e-4 the RL updates after SFT turned
 the policy's output into text that never ends and lost its tool calls; docs/notes.md). SFT passes generate nothing, so SFT arms use less wall-clock
 at equal passes: each arm's wall time, generated tokens and passes are recorded and printed, so
@@ -96,6 +97,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {  # name -> (kind, overrides)
     "gpg": ("rl", ["algorithm.name=gpg"]),
     "sft": ("sft", []),
     "sft+gcpo": ("sft+rl", ["algorithm.name=gcpo"]),
+    "sft+grpo": ("sft+rl", ["algorithm.name=grpo"]),
     "gcpo-decay": ("rl", ["algorithm.name=gcpo", "train.lr_schedule=cosine", "train.min_lr_ratio=0.1"]),
     "gcpo-noinject": ("rl", ["algorithm.name=gcpo", "golden.enabled=false"]),
     "gcpo-seq-ratio": ("rl", ["algorithm.name=gcpo", "algorithm.ratio_level=sequence"]),
@@ -211,7 +213,12 @@ def train_arm(name: str, args: argparse.Namespace, arm: dict) -> Path:
     rl_cfg = config(
         args,
         name,
-        [f"model.path={ckpt}", f"train.steps={steps}", "run.name=sft-gcpo-rl", f"train.lr={args.rl_lr}"],
+        [
+            f"model.path={ckpt}",
+            f"train.steps={steps}",
+            f"run.name={name.replace('+', '-')}-rl",
+            f"train.lr={args.rl_lr}",
+        ],
     )
     return run_rl(rl_cfg, arm, x0=arm["budget"]["trained_seq_passes"])
 
@@ -288,10 +295,12 @@ def main() -> int:
         "--rl-lr",
         type=float,
         default=1e-5,
-        help="lr of sft+gcpo's RL stage (1e-4 after SFT destroyed tool use; chosen on arith_val)",
+        help="lr of the RL stage of sft+gcpo / sft+grpo (1e-4 after SFT destroyed tool use; chosen on arith_val)",
     )
     p.add_argument("--sft-epochs", type=int, default=2)
-    p.add_argument("--sft-share", type=float, default=0.5, help="budget share of sft+gcpo's SFT stage")
+    p.add_argument(
+        "--sft-share", type=float, default=0.5, help="budget share of the SFT stage of sft+gcpo / sft+grpo"
+    )
     p.add_argument("--eval-every", type=int, default=4, help="periodic (curve) eval every N updates")
     p.add_argument("--eval-limit", type=int, default=32, help="problems of the periodic eval")
     p.add_argument("--final-limit", type=int, default=300, help="problems per final eval set")
@@ -330,7 +339,7 @@ def main() -> int:
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "args": {k: str(v) for k, v in vars(args).items()} | {"eval_sets": ",".join(sets)},
         "budget_rule": f"trained sequence passes = steps x prompts x G x epochs; sft: same passes of goldens "
-        f"({args.sft_epochs} epochs); sft+gcpo: {args.sft_share:.0%} SFT passes + {1 - args.sft_share:.0%} of the RL steps",
+        f"({args.sft_epochs} epochs); sft+gcpo/sft+grpo: {args.sft_share:.0%} SFT passes + {1 - args.sft_share:.0%} of the RL steps",
         "eval_sets": {s: EVAL_SETS[s] for s in sets},
         "arms": {},
         "interrupted": False,

@@ -38,14 +38,19 @@ def checks(arms: dict) -> list[dict]:
     def add(name: str, met: bool | None, detail: str) -> None:
         out.append({"check": name, "met": met, "detail": detail})
 
-    g, r = acc("gcpo", "arith"), acc("grpo", "arith")
-    add("arith test: GCPO >= 60 %", None if g is None else g >= 0.6 - EPS, f"gcpo {pc(g)}")
-    gap = None if None in (g, r) else g - r
-    add(
-        "arith test: GCPO >= GRPO + 30 points",
-        None if gap is None else gap >= 0.3 - EPS,
-        f"gcpo {pc(g)}, grpo {pc(r)}, difference {pc(gap)}",
-    )
+    # The arith bars for each start: from the untouched model, and after the same SFT stage (where
+    # the GRPO control is sft+grpo). An SFT pair is checked only when its GCPO arm ran.
+    for gname, rname, label in (("gcpo", "grpo", "GCPO"), ("sft+gcpo", "sft+grpo", "SFT then GCPO")):
+        g, r = acc(gname, "arith"), acc(rname, "arith")
+        if gname != "gcpo" and g is None:
+            continue
+        add(f"arith test: {label} >= 60 %", None if g is None else g >= 0.6 - EPS, f"{gname} {pc(g)}")
+        gap = None if None in (g, r) else g - r
+        add(
+            f"arith test: {label} >= {label.replace('GCPO', 'GRPO')} + 30 points",
+            None if gap is None else gap >= 0.3 - EPS,
+            f"{gname} {pc(g)}, {rname} {pc(r)}, difference {pc(gap)}",
+        )
     gcpo_recipes = ("gcpo", "sft+gcpo")
     recipes = [a for a in gcpo_recipes if acc(a, "gsm8k") is not None]
     best = max(recipes, key=lambda a: acc(a, "gsm8k"), default=None)

@@ -93,3 +93,24 @@ def test_gsm8k_full_leaves_out_the_validation_rows(bench, tmp_path):
     assert not {p.question for p in full} & {p.question for p in held}
     # the training rows keep their order: the 500 builtin rows first, then what follows the 64
     assert [p.question for p in full[:500]] == [p.question for p in load_problems(bench.TRAIN_SETS["gsm8k"])]
+
+
+def test_checks_compare_sft_then_gcpo_with_sft_then_grpo(report):
+    def arm(k, n=300):
+        lo, hi = report.wilson(k, n)
+        return {"final": {"arith": {"accuracy": k / n, "ci95": [lo, hi], "tool_call_rate": 1.0}}}
+
+    names = lambda arms: [c["check"] for c in report.checks(arms)]  # noqa: E731
+    assert not any("SFT then" in c for c in names({"gcpo": arm(150)}))  # no SFT arm: no SFT check
+    met = {
+        c["check"]: (c["met"], c["detail"])
+        for c in report.checks({"sft+gcpo": arm(261), "sft+grpo": arm(250)})
+    }
+    assert met["arith test: SFT then GCPO >= 60 %"] == (True, "sft+gcpo 87.0 %")
+    assert met["arith test: SFT then GCPO >= SFT then GRPO + 30 points"] == (
+        False,
+        "sft+gcpo 87.0 %, sft+grpo 83.3 %, difference 3.7 %",
+    )
+    met = {c["check"]: c["met"] for c in report.checks({"sft+gcpo": arm(261)})}
+    assert met["arith test: SFT then GCPO >= SFT then GRPO + 30 points"] is None  # control not run
+    assert met["arith test: GCPO >= 60 %"] is None  # the untouched-start checks are always listed
