@@ -12,6 +12,9 @@
   `cpu_2proc_fsdp2.yaml`) runs 2 steps of the tiny config
   end to end, data parallel and FSDP2: one run directory, metrics written once per step by rank 0,
   a final checkpoint, exit 0, no process left.
+- `train --resume` under both launches: a run that lost its last step's checkpoint computes that
+  step again with the same metrics and bit-identical weights (FSDP2: the optimizer shards gathered
+  whole by name at save, resharded on resume).
 - Without a launcher nothing changes (`Dist()`), and a batch that does not divide is refused.
 """
 
@@ -139,6 +142,65 @@ def test_cli_train_under_accelerate_launch(tmp_path: Path, mode: str) -> None:
     assert not pids, f"processes left behind: {pids}"
 
 
+@needs_accelerate
+@pytest.mark.parametrize("mode", ["ddp", pytest.param("fsdp2", marks=pytest.mark.slow)])
+def test_resume_under_accelerate_recomputes_the_lost_step(tmp_path: Path, mode: str) -> None:
+    """A 3-step run under `accelerate launch` checkpoints every step; its step-3 and final
+    checkpoints are removed (a run killed during step 3), and `train --resume` under the same launch
+    computes step 3 again: the same metrics and the same final weights. Under FSDP2 the ranks'
+    optimizer shards are gathered whole, by parameter name, and resharded on resume."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "runs"
+    launch = "cpu_2proc_fsdp2.yaml" if mode == "fsdp2" else "cpu_2proc.yaml"
+    args = [
+        "-m",
+        "agentic_gcpo.cli",
+        "train",
+        "-c",
+        str(REPO / "configs" / "tiny_cpu.yaml"),
+        f"run.output_dir={out}",
+        "train.steps=3",
+        "train.checkpoint_every=1",
+        "train.prompts_per_step=2",
+        "rollout.group_size=2",
+        "rollout.max_turns=1",
+        "rollout.max_new_tokens_per_turn=8",
+        "sandbox.pool_size=1",
+        "engine.dtype=float32",
+        "train.precision=float32",
+    ]
+    r = _launch(args, REPO, launch)
+    assert r.returncode == 0, r.stderr[-4000:]
+    (run,) = out.iterdir()
+    ckpts = run / "checkpoints"
+    ref_rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    ref_final = load_file(str(ckpts / "final" / "model.safetensors"))
+    state = torch.load(ckpts / "step-2" / "trainer_state.pt", map_location="cpu", weights_only=False)
+    assert state["optimizer_layout"] == ("full" if mode == "fsdp2" else "torch")
+    assert state["optimizer"]["state"], "the checkpoint holds no optimizer moments"
+    for name in ("step-3", "final"):
+        shutil.rmtree(ckpts / name)
+
+    r = _launch(["-m", "agentic_gcpo.cli", "train", "--resume", str(run)], REPO, launch)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert f"resuming from {ckpts / 'step-2'} at step 2 of 3" in r.stdout
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rows] == [x["step"] for x in ref_rows] == [1, 2, 3]
+    a, b = ref_rows[2], rows[2]
+    diff = {
+        k: (a.get(k), b.get(k))
+        for k in a.keys() | b.keys()
+        if not k.startswith("time/") and a.get(k) != b.get(k)
+    }
+    assert not diff, f"step 3 computed again differs: {diff}"
+    got = load_file(str(ckpts / "final" / "model.safetensors"))
+    step2 = load_file(str(ckpts / "step-2" / "model.safetensors"))
+    assert any(not torch.equal(step2[k], ref_final[k]) for k in ref_final), "step 3 did not train"
+    unequal = [k for k in ref_final if not torch.equal(ref_final[k], got[k])]
+    assert not unequal, f"final weights differ after resume: {unequal[:5]}"
+
+
 def test_single_process_is_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_USE_FSDP"):
         monkeypatch.delenv(var, raising=False)
@@ -184,3 +246,49 @@ def test_fsdp_refuses_lora_and_models_without_blocks() -> None:
         d.shard_model(inner)
     with pytest.raises(ValueError, match="_no_split_modules"):
         d.shard_model(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_a_gathered_optimizer_state_loads_in_one_process_and_layouts_are_checked() -> None:
+    """The 'full' layout (what FSDP checkpoints hold: AdamW moments keyed by parameter name) loads
+    into an unsharded model in one process and continues exactly like the optimizer it came from;
+    a 'torch' (index-keyed) state is refused under FSDP, and an unknown layout everywhere."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    from agentic_gcpo.models import tiny_model
+
+    def trained_pair():
+        model = tiny_model(seed=0)[0].float()
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+
+    ids = torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+
+    def step(model, opt) -> None:
+        opt.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+
+    a, opt_a = trained_pair()
+    step(a, opt_a)
+    full = get_optimizer_state_dict(a, opt_a, options=StateDictOptions(full_state_dict=True))
+    saved = torch.load(_roundtrip(full), weights_only=False)  # as a checkpoint holds it: no aliasing
+    assert "model.embed_tokens.weight" in saved["state"]  # keyed by name
+    b, opt_b = trained_pair()
+    b.load_state_dict(a.state_dict())
+    distributed.Dist().load_optimizer_state(b, opt_b, "full", saved)
+    step(a, opt_a)
+    step(b, opt_b)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    fsdp = distributed.Dist(rank=0, world=2, fsdp=True)
+    with pytest.raises(ValueError, match="saved without FSDP"):
+        fsdp.load_optimizer_state(b, opt_b, "torch", opt_b.state_dict())
+    with pytest.raises(ValueError, match="unknown optimizer state layout 'sharded'"):
+        distributed.Dist().load_optimizer_state(b, opt_b, "sharded", {})
+
+
+def _roundtrip(obj: object):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf

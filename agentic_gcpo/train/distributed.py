@@ -232,6 +232,47 @@ class Dist:
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
 
+    def optimizer_state(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[str, dict]:
+        """(layout, state) of `opt` for a checkpoint. Under FSDP each rank holds a shard of the AdamW
+        state: it is gathered whole, keyed by parameter name (layout 'full'; every rank takes part,
+        rank 0 gets it and the others an empty dict), so it loads at any world size. Otherwise
+        torch's own `opt.state_dict()` (layout 'torch', keyed by parameter index)."""
+        if not self.fsdp:
+            return "torch", opt.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return "full", get_optimizer_state_dict(model, opt, options=opts)
+
+    def load_optimizer_state(
+        self, model: torch.nn.Module, opt: torch.optim.Optimizer, layout: str, state: dict
+    ) -> None:
+        """Put a checkpoint's optimizer state (see `optimizer_state`) into `opt`: a 'full' one is
+        resharded for this run's ranks (or loaded whole without FSDP)."""
+        if layout == "torch":
+            if self.fsdp:
+                raise ValueError(
+                    "this checkpoint's optimizer state was saved without FSDP (indexed by parameter "
+                    "order), and FSDP shards it by name: resume it with the launch it was trained with"
+                )
+            opt.load_state_dict(state)
+            return
+        if layout != "full":
+            raise ValueError(
+                f"unknown optimizer state layout {layout!r} (this version writes 'torch' or 'full')"
+            )
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(
+            model, opt, optim_state_dict=state, options=StateDictOptions(full_state_dict=True)
+        )
+
+    def load_full_weights(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Under FSDP: shard a whole state dict (every rank holds it) into the sharded `model`."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+
     def idle_pass(self, model: torch.nn.Module, backward: bool) -> None:
         """Under FSDP every forward/backward is a collective (all-gather, reduce-scatter), so a rank
         with fewer micro-batches in an optimizer step than another runs this many passes over one

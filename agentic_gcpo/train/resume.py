@@ -96,7 +96,7 @@ def plan_resume(
         legacy = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir()) if ckpt_dir.is_dir() else []
         why = (
             f"its checkpoints ({', '.join(legacy)}) hold weights only (written before resume existed, "
-            "or under FSDP)"
+            "or under FSDP by a version before FSDP resume)"
             if legacy
             else "the run stopped before its first checkpoint"
         )
@@ -142,16 +142,22 @@ def load_weights(tr: Any, ckpt: Path) -> None:
         if bad:
             raise ResumeError(f"{ckpt}: adapter weights {bad[:5]} do not fit the configured LoRA model")
     else:
-        result = tr.model.load_state_dict(tensors, strict=False)
+        # Under FSDP the trained module is sharded: the weights go into its unsharded sampling copy
+        # first (the checks below need whole tensors), then are sharded from there.
+        fsdp = getattr(getattr(tr, "dist", None), "fsdp", False)
+        target = tr.sampled_model if fsdp else tr.model
+        result = target.load_state_dict(tensors, strict=False)
         # a tied weight (lm_head = embeddings) is saved once; it is loaded through its twin
-        loaded = {id(p) for n, p in tr.model.named_parameters(remove_duplicate=False) if n in tensors}
-        params = dict(tr.model.named_parameters(remove_duplicate=False))
+        loaded = {id(p) for n, p in target.named_parameters(remove_duplicate=False) if n in tensors}
+        params = dict(target.named_parameters(remove_duplicate=False))
         missing = [k for k in result.missing_keys if k not in params or id(params[k]) not in loaded]
         if missing or result.unexpected_keys:
             raise ResumeError(
                 f"{ckpt}: its weights do not fit the configured model (missing {missing[:5]}, unexpected "
                 f"{result.unexpected_keys[:5]}); model.* in config.yaml must be what the run trained"
             )
+        if fsdp:
+            tr.dist.load_full_weights(tr.model, target.state_dict())
     tr.engine.update_weights(None)  # the engine's sampling copy (bf16) and prefix cache follow
 
 

@@ -67,14 +67,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         numpy.random.set_state(state["numpy"])
 
 
-def trainer_state(tr: Any) -> dict[str, Any]:
-    """What `tr` (a Trainer between steps) carries into its next step."""
+def trainer_state(tr: Any, optimizer: tuple[str, dict] | None = None) -> dict[str, Any]:
+    """What `tr` (a Trainer between steps) carries into its next step. `optimizer`: (layout, state)
+    from `Dist.optimizer_state`, gathered beforehand by every rank under FSDP; None: `tr.opt`'s."""
+    layout, opt_state = optimizer if optimizer is not None else ("torch", tr.opt.state_dict())
     return {
         "format": FORMAT,
         "step": tr.updates_logged,
         "lr_slot": tr.lr_slot,
         "next_gid": tr._next_gid,
-        "optimizer": tr.opt.state_dict(),
+        "optimizer": opt_state,
+        "optimizer_layout": layout,  # absent in older checkpoints: 'torch'
         "data": tr.batches.state_dict(),
         "golden": tr.golden.state_dict(),
         "rng": rng_state(),
@@ -83,14 +86,10 @@ def trainer_state(tr: Any) -> dict[str, Any]:
     }
 
 
-def write_state(tr: Any, d: Path) -> None:
-    """STATE_FILE, then STATE_INFO, into the checkpoint directory `d` being written. Under FSDP
-    nothing: each rank holds a shard of the optimizer state, which rank 0 alone cannot save (the
-    checkpoint then has weights only, and --resume says so)."""
-    if getattr(getattr(tr, "dist", None), "fsdp", False):
-        log.warning("FSDP: %s holds the weights only; resuming FSDP runs is not supported yet", d.name)
-        return
-    state = trainer_state(tr)
+def write_state(tr: Any, d: Path, optimizer: tuple[str, dict] | None = None) -> None:
+    """STATE_FILE, then STATE_INFO, into the checkpoint directory `d` being written (by rank 0;
+    under FSDP `optimizer` is the gathered optimizer state, see `trainer_state`)."""
+    state = trainer_state(tr, optimizer)
     torch.save(state, d / STATE_FILE)
     info = {
         "format": FORMAT,
@@ -124,7 +123,14 @@ def load_state(d: Path) -> dict[str, Any]:
 def restore(tr: Any, state: dict[str, Any], checkpoint: Path | None = None) -> None:
     """Put `tr` (freshly built from the same config, with the checkpoint's weights) where the run
     stood when `state` was saved: its next step is step `state['step'] + 1`."""
-    tr.opt.load_state_dict(state["optimizer"])
+    dist = getattr(tr, "dist", None)
+    layout = state.get("optimizer_layout", "torch")
+    if dist is not None:
+        dist.load_optimizer_state(tr.model, tr.opt, layout, state["optimizer"])
+    elif layout == "torch":
+        tr.opt.load_state_dict(state["optimizer"])
+    else:
+        raise ValueError(f"optimizer state of layout {layout!r} needs the trainer's Dist to load")
     tr.lr_slot = int(state["lr_slot"])
     tr._next_gid = int(state["next_gid"])
     tr.batches.load_state_dict(state["data"])

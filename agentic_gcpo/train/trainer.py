@@ -246,16 +246,17 @@ class Trainer:
         """checkpoints/NAME, whole or not at all (see train/checkpoint.py); rank 0's copy (every rank
         holds the same weights). With LoRA: the adapter in peft's format (lora.py)."""
         d = self.run_dir / "checkpoints" / name
+        opt_state = self.dist.optimizer_state(self.model, self.opt)  # FSDP: every rank gathers
         if self.dist.is_main:
             model = self.peft_model or self.sampled_model
-            state = lambda tmp: run_state.write_state(self, tmp)  # noqa: E731 - written into the temp dir
+            state = lambda tmp: run_state.write_state(self, tmp, opt_state)  # noqa: E731 - into the temp dir
             self.last_checkpoint = save_checkpoint(model, self.tok, d, state)
             prune_checkpoints(d.parent, self.cfg.train.keep_checkpoints)
         return d
 
     def state_dict(self) -> dict[str, Any]:
         """Everything besides the weights that the next step depends on (train/state.py)."""
-        return run_state.trainer_state(self)
+        return run_state.trainer_state(self, self.dist.optimizer_state(self.model, self.opt))
 
     def load_state_dict(self, state: dict[str, Any], checkpoint: Path | None = None) -> None:
         """Continue after the step `state` was saved at (the weights are loaded separately)."""
