@@ -72,6 +72,26 @@ def _launch(args: list[str], cwd: Path, config: str = "cpu_2proc.yaml") -> subpr
     )
 
 
+def _tiny_train(out: Path, *extra: str) -> list[str]:
+    """`python` arguments of a tiny float32 `train` run (2 problems x 2 one-turn rollouts a step)."""
+    return [
+        "-m",
+        "agentic_gcpo.cli",
+        "train",
+        "-c",
+        str(REPO / "configs" / "tiny_cpu.yaml"),
+        f"run.output_dir={out}",
+        "train.prompts_per_step=2",
+        "rollout.group_size=2",
+        "rollout.max_turns=1",
+        "rollout.max_new_tokens_per_turn=8",
+        "sandbox.pool_size=1",
+        "engine.dtype=float32",
+        "train.precision=float32",
+        *extra,
+    ]
+
+
 # ALGORITHM:MINI_BATCHES[:fsdp]; FSDP2 runs on CPU with gloo for the tiny model, so it is tested here
 CASES = ["gcpo:1", "gpg:2", "gpg:2:fsdp"]
 
@@ -109,23 +129,7 @@ def test_two_processes_update_like_one(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode", ["ddp", pytest.param("fsdp2", marks=pytest.mark.slow)])
 def test_cli_train_under_accelerate_launch(tmp_path: Path, mode: str) -> None:
     out = tmp_path / "runs"
-    args = [
-        "-m",
-        "agentic_gcpo.cli",
-        "train",
-        "-c",
-        str(REPO / "configs" / "tiny_cpu.yaml"),
-        f"run.output_dir={out}",
-        "train.steps=2",
-        "train.prompts_per_step=2",
-        "rollout.group_size=2",
-        "rollout.max_turns=1",
-        "rollout.max_new_tokens_per_turn=8",
-        "train.samples_per_step=1",
-        "sandbox.pool_size=1",
-        "engine.dtype=float32",
-        "train.precision=float32",
-    ]
+    args = _tiny_train(out, "train.steps=2", "train.samples_per_step=1")
     r = _launch(args, REPO, "cpu_2proc_fsdp2.yaml" if mode == "fsdp2" else "cpu_2proc.yaml")
     assert r.returncode == 0, r.stderr[-4000:]
     runs = list(out.iterdir())
@@ -153,23 +157,7 @@ def test_resume_under_accelerate_recomputes_the_lost_step(tmp_path: Path, mode: 
 
     out = tmp_path / "runs"
     launch = "cpu_2proc_fsdp2.yaml" if mode == "fsdp2" else "cpu_2proc.yaml"
-    args = [
-        "-m",
-        "agentic_gcpo.cli",
-        "train",
-        "-c",
-        str(REPO / "configs" / "tiny_cpu.yaml"),
-        f"run.output_dir={out}",
-        "train.steps=3",
-        "train.checkpoint_every=1",
-        "train.prompts_per_step=2",
-        "rollout.group_size=2",
-        "rollout.max_turns=1",
-        "rollout.max_new_tokens_per_turn=8",
-        "sandbox.pool_size=1",
-        "engine.dtype=float32",
-        "train.precision=float32",
-    ]
+    args = _tiny_train(out, "train.steps=3", "train.checkpoint_every=1")
     r = _launch(args, REPO, launch)
     assert r.returncode == 0, r.stderr[-4000:]
     (run,) = out.iterdir()
