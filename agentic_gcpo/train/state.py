@@ -67,10 +67,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         numpy.random.set_state(state["numpy"])
 
 
-def trainer_state(tr: Any, optimizer: tuple[str, dict] | None = None) -> dict[str, Any]:
+def trainer_state(tr: Any, optimizer: tuple[str, dict]) -> dict[str, Any]:
     """What `tr` (a Trainer between steps) carries into its next step. `optimizer`: (layout, state)
-    from `Dist.optimizer_state`, gathered beforehand by every rank under FSDP; None: `tr.opt`'s."""
-    layout, opt_state = optimizer if optimizer is not None else ("torch", tr.opt.state_dict())
+    from `Dist.optimizer_state`, gathered beforehand by every rank under FSDP."""
+    layout, opt_state = optimizer
     return {
         "format": FORMAT,
         "step": tr.updates_logged,
@@ -86,7 +86,7 @@ def trainer_state(tr: Any, optimizer: tuple[str, dict] | None = None) -> dict[st
     }
 
 
-def write_state(tr: Any, d: Path, optimizer: tuple[str, dict] | None = None) -> None:
+def write_state(tr: Any, d: Path, optimizer: tuple[str, dict]) -> None:
     """STATE_FILE, then STATE_INFO, into the checkpoint directory `d` being written (by rank 0;
     under FSDP `optimizer` is the gathered optimizer state, see `trainer_state`)."""
     state = trainer_state(tr, optimizer)
@@ -123,14 +123,8 @@ def load_state(d: Path) -> dict[str, Any]:
 def restore(tr: Any, state: dict[str, Any], checkpoint: Path | None = None) -> None:
     """Put `tr` (freshly built from the same config, with the checkpoint's weights) where the run
     stood when `state` was saved: its next step is step `state['step'] + 1`."""
-    dist = getattr(tr, "dist", None)
-    layout = state.get("optimizer_layout", "torch")
-    if dist is not None:
-        dist.load_optimizer_state(tr.model, tr.opt, layout, state["optimizer"])
-    elif layout == "torch":
-        tr.opt.load_state_dict(state["optimizer"])
-    else:
-        raise ValueError(f"optimizer state of layout {layout!r} needs the trainer's Dist to load")
+    layout = state.get("optimizer_layout", "torch")  # older checkpoints: torch's own
+    tr.dist.load_optimizer_state(tr.model, tr.opt, layout, state["optimizer"])
     tr.lr_slot = int(state["lr_slot"])
     tr._next_gid = int(state["next_gid"])
     tr.batches.load_state_dict(state["data"])
