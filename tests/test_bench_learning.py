@@ -114,3 +114,25 @@ def test_checks_compare_sft_then_gcpo_with_sft_then_grpo(report):
     met = {c["check"]: c["met"] for c in report.checks({"sft+gcpo": arm(261)})}
     assert met["arith test: SFT then GCPO >= SFT then GRPO + 30 points"] is None  # control not run
     assert met["arith test: GCPO >= 60 %"] is None  # the untouched-start checks are always listed
+
+
+def test_sft_then_gcpo_and_sft_then_grpo_share_one_sft_stage(bench, tmp_path, monkeypatch):
+    argv = "--model tiny --arms sft+gcpo,sft+grpo --steps 2 --prompts-per-step 2 --group-size 2 "
+    argv += "--eval-every 1 --eval-limit 1 --final-limit 1 --eval-sets arith --skip-untouched "
+    argv += f"--out {tmp_path} rollout.max_new_tokens_per_turn=8 rollout.max_turns=2"
+    monkeypatch.setattr(sys, "argv", ["learning.py", *argv.split()])
+    assert bench.main() == 0
+    arms = json.loads((tmp_path / "results.json").read_text())["arms"]
+    gcpo, grpo = arms["sft+gcpo"], arms["sft+grpo"]
+    assert "error" not in gcpo and "error" not in grpo
+    # one SFT run: the second arm starts from the first arm's checkpoint and counts its stage in full
+    assert grpo["run_dirs"][0] == gcpo["run_dirs"][0] and grpo["run_dirs"][1] != gcpo["run_dirs"][1]
+    assert grpo["sft_stage_of"] == "sft+gcpo" and "sft_stage_of" not in gcpo
+    runs = sorted(d.name for d in (tmp_path / "runs").iterdir())  # sft-gcpo-<time>, sft-g?po-rl-<time>
+    assert len(runs) == 3 and sum("-rl-" in r for r in runs) == 2, runs
+    for k in ("trained_seq_passes", "sft_steps", "sft_goldens"):
+        assert grpo["budget"][k] == gcpo["budget"][k] > 0, k
+    assert grpo["budget"]["wall_s"] >= grpo["budget"]["sft_stage_reused_wall_s"] > 0
+    assert [p for p in grpo["curve"] if p["stage"] == "sft"] == [
+        p for p in gcpo["curve"] if p["stage"] == "sft"
+    ]
