@@ -284,13 +284,21 @@ class SFTConfig(_Section):
     """`agentic-gcpo sft`: supervised cold start on golden tool trajectories (see train/sft.py).
 
     Goldens come from `data` as `golden.source`/`golden.style` build them; prompt, tools, model,
-    run and `train.precision`, `train.micro_batch_size`, `train.grad_clip`, `train.weight_decay`
-    are shared with RL training, so the SFT checkpoint continues into `agentic-gcpo train`."""
+    run and `train.precision`, `train.grad_clip`, `train.weight_decay` are shared with RL training,
+    so the SFT checkpoint continues into `agentic-gcpo train`."""
 
     epochs: int = Field(2, ge=1, description="Passes over the verified goldens.")
     lr: float = Field(1e-4, gt=0, description="AdamW peak learning rate of the SFT stage.")
     batch_size: int = Field(
-        8, ge=1, description="Golden sequences per optimizer step (accumulated in train.micro_batch_size)."
+        8, ge=1, description="Golden sequences per optimizer step (accumulated in sft.micro_batch_size)."
+    )
+    micro_batch_size: int = Field(
+        2,
+        ge=1,
+        description="Golden sequences per forward/backward within a step (gradient accumulation). Small "
+        "is faster on a CPU, not only leaner: on the embedded model, steps of 8 goldens took 1.2x (bf16) "
+        "to 1.4x (float32) longer in one micro-batch of 8 than in four of 2, and peaked 1.8-2.9 GB higher "
+        "(docs/notes.md, eleventh session).",
     )
     warmup_steps: int = Field(
         0, ge=0, description="Linear learning-rate warmup over this many optimizer steps (0: none)."

@@ -231,6 +231,21 @@ def test_sft_cli_then_gcpo_from_its_checkpoint(tmp_path, capsys):
     assert (rl_dirs[0] / "checkpoints" / "final" / "config.json").is_file()
 
 
+def test_sft_micro_batches_follow_sft_micro_batch_size(tmp_path, monkeypatch):
+    import agentic_gcpo.train.sft as sft_module
+
+    sizes, real = [], sft_module.sft_loss
+
+    def counted(model, trajs, pad_id, **kw):  # the real loss, with the micro-batch sizes recorded
+        sizes.append(len(trajs))
+        return real(model, trajs, pad_id, **kw)
+
+    monkeypatch.setattr(sft_module, "sft_loss", counted)
+    args = [f"run.output_dir={tmp_path}", "sft.limit=4", "sft.batch_size=4", "sft.epochs=1", "sft.eval=false"]
+    assert main(["sft", "-c", TINY, *args, "sft.micro_batch_size=2", "train.micro_batch_size=8"]) == 0
+    assert len(sizes) == 2 and max(sizes) == 2, sizes  # one step of 3-4 goldens in micro-batches of 2
+
+
 def test_dataset_without_usable_goldens_is_a_clear_error(tmp_path, capsys):
     data = tmp_path / "plain.jsonl"
     data.write_text('{"prompt": "What is 2+2?", "answer": "4"}\n{"prompt": "3*3?", "answer": "9"}\n')

@@ -315,7 +315,7 @@ class SFTRun:
                         pad_id=self.pad_id,
                         lr=lr_at(self.steps_done, self.total_steps, sc),
                         bf16=self.precision.bf16,
-                        micro_batch_size=cfg.train.micro_batch_size,
+                        micro_batch_size=sc.micro_batch_size,
                         grad_clip=cfg.train.grad_clip,
                     )
                     self.steps_done += 1
