@@ -297,8 +297,8 @@ class SFTConfig(_Section):
         ge=1,
         description="Golden sequences per forward/backward within a step (gradient accumulation). Small "
         "is faster on a CPU, not only leaner: on the embedded model, steps of 8 goldens took 1.2x (bf16) "
-        "to 1.4x (float32) longer in one micro-batch of 8 than in four of 2, and peaked 1.8-2.9 GB higher "
-        "(docs/notes.md, eleventh session).",
+        "to 1.5x (float32) longer in one micro-batch of 8 than in four of 2, and peaked 1.8-3.0 GB higher "
+        "(bench/README.md, 'SFT's micro-batch').",
     )
     warmup_steps: int = Field(
         0, ge=0, description="Linear learning-rate warmup over this many optimizer steps (0: none)."
