@@ -295,9 +295,8 @@ class SFTConfig(_Section):
     micro_batch_size: int = Field(
         2,
         ge=1,
-        description="Golden sequences per forward/backward within a step (gradient accumulation). Small "
-        "is faster on a CPU, not only leaner: on the embedded model, steps of 8 goldens took 1.2x (bf16) "
-        "to 1.5x (float32) longer in one micro-batch of 8 than in four of 2, and peaked 1.8-3.0 GB higher "
+        description="Golden sequences per forward/backward within a step (gradient accumulation). On the "
+        "embedded model four micro-batches of 2 peaked 1.8-3.0 GB below one of 8 at no cost in time "
         "(bench/README.md, 'SFT's micro-batch').",
     )
     warmup_steps: int = Field(
