@@ -8,9 +8,10 @@ plus the paper's ablations, judged on >= 300 held-out problems per eval set.
 
 Arms (`--arms`, default all): `gcpo` (from the untouched model), `grpo`, `gpg`, `sft` (SFT only),
 `sft+gcpo` (SFT, then GCPO from its checkpoint), `sft+grpo` (the same SFT stage, then GRPO: the
-control that says what GCPO adds after SFT; when both are in --arms they share one SFT run), `gcpo-decay` (gcpo with the lr decayed to a
-tenth by a cosine: constant-1e-4 GCPO runs lose their tool use late, to turns that never end:
-after ~8 updates of 2 x G=8, after ~28 of 4 x G=4), and the ablations `gcpo-noinject`
+control that says what GCPO adds after SFT; when both are in --arms they share one SFT run),
+`gcpo-decay` (gcpo with the lr decayed to a tenth by a cosine: constant-1e-4 GCPO runs lose their
+tool use late, to turns that never end: after ~8 updates of 2 x G=8, after ~28 of 4 x G=4), and
+the ablations `gcpo-noinject`
 (golden.enabled=false) and the ratio pair `gcpo-seq-ratio` / `gcpo-token-ratio`. With one
 optimizer step per rollout batch every ratio is 1, so the ratio pair both run `train.epochs`
 = max(2, --epochs) and differ in `algorithm.ratio_level` and its clip (--ablation-steps sets their steps);
@@ -217,8 +218,8 @@ def sft_stage(args: argparse.Namespace, name: str, limit: int, arm: dict) -> Pat
         arm["budget"]["sft_stage_reused_wall_s"] = stage["wall_s"]
     arm["curve"] += stage["curve"]
     arm["run_dirs"] += stage["run_dirs"]
-    for k, v in stage["budget"].items():
-        arm["budget"][k] = arm["budget"].get(k, 0.0) + v if k in ("trained_seq_passes", "curve_eval_s") else v
+    for k, v in stage["budget"].items():  # all counts: passes, seconds, steps, goldens, tokens
+        arm["budget"][k] = arm["budget"].get(k, 0.0) + v
     return ckpt
 
 
