@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument(
         "--repeats", type=int, default=1, help="interleaved rounds; each setting keeps its fastest"
     )
+    p.add_argument("--dtype", default=None, help="engine dtype (default: the config's, auto)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
@@ -63,7 +64,9 @@ def main() -> None:
         for r in range(args.repeats):
             for batch, chunk in settings:
                 name = f"batch {batch}, chunk {chunk or 'all'}"
-                eng = make_engine("hf", model, tok, dtype=cfg.engine.dtype, max_batch_size=batch)
+                eng = make_engine(
+                    "hf", model, tok, dtype=args.dtype or cfg.engine.dtype, max_batch_size=batch
+                )
                 loop = AgentLoop(eng, chat, tools, sandbox, limits)
                 t0 = time.perf_counter()
                 res = run_problems(loop, problems, 1, seed=0, chunk=chunk or len(problems))
