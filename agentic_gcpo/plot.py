@@ -15,13 +15,14 @@ from pathlib import Path
 # (panel title, y label, metric names drawn in it)
 PANELS: list[tuple[str, str, list[str]]] = [
     ("Reward", "mean reward", ["reward/mean"]),
-    ("Accuracy", "fraction correct", ["reward/accuracy", "eval/pass@1", "groups/all_fail_frac"]),
+    ("Accuracy", "fraction correct", ["reward/accuracy", "eval/pass@1"]),
     (
         "Tool use",
         "per trajectory / fraction",
         ["tools/calls_per_traj", "tools/traj_with_call_frac", "tools/error_rate"],
     ),
-    ("Golden injections", "fraction of groups", ["gcpo/injected_frac", "gcpo/all_fail_groups"]),
+    # all-fail groups (the injection candidates, for any algorithm) and those that got a golden
+    ("Golden injections", "fraction of groups", ["groups/all_fail_frac", "gcpo/injected_frac"]),
     ("Lengths", "tokens", ["response/policy_tokens_mean", "response/total_tokens_mean"]),
     ("Finish reasons", "fraction", ["finish/stop", "finish/length", "finish/max_turns", "finish/budget"]),
 ]
