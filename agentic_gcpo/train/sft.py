@@ -75,7 +75,7 @@ def sft_step(
     pad_id: int,
     lr: float,
     bf16: bool = False,
-    micro_batch_size: int = 2,  # the config default (sft.micro_batch_size)
+    micro_batch_size: int = SFTConfig.model_fields["micro_batch_size"].default,  # one source of truth
     grad_clip: float = 1.0,
 ) -> dict[str, float]:
     """One optimizer step on `trajs` (token-mean loss, micro-batched); returns its sft/* metrics."""
