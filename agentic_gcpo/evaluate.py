@@ -149,6 +149,11 @@ def _vote(pe: ProblemEval, timeout_s: float) -> None:
     )
 
 
+def problems_per_call(max_batch_size: int, k: int) -> int:
+    """Problems per agent-loop call: enough k-sample groups to fill the engine's batch once."""
+    return max(1, max_batch_size // k)
+
+
 def run_problems(
     loop: AgentLoop,
     problems: list[Problem],
@@ -255,7 +260,7 @@ def evaluate(
     t0 = time.perf_counter()
     done = False
     try:
-        chunk = max(1, max_batch_size // k)
+        chunk = problems_per_call(max_batch_size, k)
         results = run_problems(loop, problems, k, seed, chunk, verify_timeout_s, modes, bar)
         done = True
     finally:
@@ -304,9 +309,8 @@ def eval_metrics(
     loop = AgentLoop(engine, chat, tools, sandbox, limits)
     t0 = time.perf_counter()
     try:
-        results = run_problems(
-            loop, problems, k, seed, chunk=max(1, getattr(engine, "max_batch_size", 32) // k)
-        )
+        chunk = problems_per_call(getattr(engine, "max_batch_size", 32), k)
+        results = run_problems(loop, problems, k, seed, chunk=chunk)
     except BaseException:  # Ctrl-C or a failure: do not wait for tool calls still running; re-raised
         loop.close(wait=False)
         raise

@@ -15,7 +15,14 @@ import pytest
 from agentic_gcpo.data import Problem
 from agentic_gcpo.engines import make_engine
 from agentic_gcpo.eval_cli import run_eval_cli
-from agentic_gcpo.evaluate import eval_metrics, evaluate, majority_vote, make_chat, pass_at_k
+from agentic_gcpo.evaluate import (
+    eval_metrics,
+    evaluate,
+    majority_vote,
+    make_chat,
+    pass_at_k,
+    problems_per_call,
+)
 from agentic_gcpo.ledger import Source, ToolCallRecord, Trajectory
 from agentic_gcpo.report import transcript
 from agentic_gcpo.rollout.agent_loop import LoopLimits
@@ -159,3 +166,10 @@ def test_in_training_eval_metrics_are_prefixed(tiny, sandbox, python_tools) -> N
     m = eval_metrics(engine, chat, python_tools, sandbox, PROBLEMS[:2], LoopLimits(2, 8, 1024, 0.0), k=2)
     assert m and all(name.startswith("eval/") for name in m)
     assert {"eval/pass@1", "eval/pass@2", "eval/maj@2", "eval/tools/error_rate"} <= set(m)
+
+
+def test_problems_per_call_fills_the_engine_batch_once():
+    # 32 sequences a batch, 4 samples a problem: 8 problems; a k above the batch still runs one
+    assert problems_per_call(32, 4) == 8
+    assert problems_per_call(32, 5) == 6
+    assert problems_per_call(2, 4) == 1
